@@ -1,0 +1,72 @@
+//! The `client_abort` section: how a downstream disconnect is reported.
+
+use super::reader::{error, ConfigResult, ObjectReader};
+
+/// The level of the one log line written per client abort. Never warn or error: a client that
+/// went away is normal traffic.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AbortLogLevel {
+    Off,
+    Debug,
+    Info,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAbortConfig {
+    pub log_level: AbortLogLevel,
+    /// Publish the request's outcome as filter state `wasm.resetguard_outcome` for access logs.
+    pub filter_state: bool,
+}
+
+impl Default for ClientAbortConfig {
+    fn default() -> Self {
+        ClientAbortConfig {
+            log_level: AbortLogLevel::Info,
+            filter_state: true,
+        }
+    }
+}
+
+impl ClientAbortConfig {
+    pub fn read(section: Option<ObjectReader<'_>>) -> ConfigResult<ClientAbortConfig> {
+        let defaults = ClientAbortConfig::default();
+        let Some(mut r) = section else {
+            return Ok(defaults);
+        };
+        let path = r.child_path("log_level");
+        let log_level = match r.string("log_level")? {
+            None => defaults.log_level,
+            Some("off") => AbortLogLevel::Off,
+            Some("debug") => AbortLogLevel::Debug,
+            Some("info") => AbortLogLevel::Info,
+            Some(other) => {
+                return Err(error(
+                    &path,
+                    format!("one of off, debug, info, got {other:?}"),
+                ))
+            }
+        };
+        let filter_state = r.bool("filter_state", defaults.filter_state)?;
+        r.finish()?;
+        Ok(ClientAbortConfig {
+            log_level,
+            filter_state,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn reads_and_rejects() {
+        let c =
+            Config::parse(br#"{"client_abort": {"log_level": "debug", "filter_state": false}}"#)
+                .unwrap();
+        assert_eq!(c.client_abort.log_level, super::AbortLogLevel::Debug);
+        assert!(!c.client_abort.filter_state);
+        let err = Config::parse(br#"{"client_abort": {"log_level": "warn"}}"#).unwrap_err();
+        assert_eq!(err.path, "client_abort.log_level");
+    }
+}

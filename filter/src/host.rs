@@ -1,0 +1,454 @@
+//! Non-panicking calls into the proxy-wasm ABI 0.2.1 host.
+//!
+//! The SDK's `hostcalls` panic on any status they did not expect (and its `Status` enum has no
+//! UNIMPLEMENTED, so a host answering 12 is undefined behaviour there). A panic traps the VM and
+//! fails every request on that worker, so the filter calls the imports itself and turns every
+//! status into a `Result`. The SDK still provides the exports (dispatcher, allocator).
+
+use std::ptr::{null, null_mut};
+
+/// A status the host answered other than OK.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HostError(pub u32);
+
+impl HostError {
+    pub const NOT_FOUND: HostError = HostError(1);
+    pub const BAD_ARGUMENT: HostError = HostError(2);
+    pub const CAS_MISMATCH: HostError = HostError(8);
+    pub const UNIMPLEMENTED: HostError = HostError(12);
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            1 => "NOT_FOUND",
+            2 => "BAD_ARGUMENT",
+            3 => "SERIALIZATION_FAILURE",
+            4 => "PARSE_FAILURE",
+            7 => "EMPTY",
+            8 => "CAS_MISMATCH",
+            10 => "INTERNAL_FAILURE",
+            12 => "UNIMPLEMENTED",
+            _ => "UNKNOWN",
+        };
+        write!(f, "{name} ({})", self.0)
+    }
+}
+
+pub type HostResult<T> = Result<T, HostError>;
+
+fn status(code: u32) -> HostResult<()> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(HostError(code))
+    }
+}
+
+/// Header maps, as numbered by the ABI.
+#[derive(Copy, Clone, Debug)]
+#[repr(u32)]
+pub enum MapType {
+    RequestHeaders = 0,
+    ResponseHeaders = 2,
+}
+
+/// Buffers, as numbered by the ABI.
+#[derive(Copy, Clone, Debug)]
+#[repr(u32)]
+pub enum BufferType {
+    RequestBody = 0,
+    ResponseBody = 1,
+    PluginConfiguration = 7,
+}
+
+#[derive(Copy, Clone, Debug)]
+#[repr(u32)]
+pub enum LogLevel {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+    Critical = 5,
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_log_level(return_level: *mut u32) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+}
+
+/// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`.
+///
+/// # Safety
+/// `data` must be null or a block of exactly `size` bytes from the module's allocator.
+unsafe fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+/// Answers `Ok(None)` for NOT_FOUND, the usual "absent" answer of getters.
+fn optional(result: HostResult<Vec<u8>>) -> HostResult<Option<Vec<u8>>> {
+    match result {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(HostError::NOT_FOUND) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn log(level: LogLevel, message: &str) -> HostResult<()> {
+    // SAFETY: the pointer and length describe a live string for the call's duration.
+    status(unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) })
+}
+
+pub fn log_level() -> HostResult<u32> {
+    let mut level = 0u32;
+    // SAFETY: the host writes one u32 into a live local.
+    status(unsafe { proxy_get_log_level(&mut level) })?;
+    Ok(level)
+}
+
+pub fn now_nanos() -> HostResult<u64> {
+    let mut now = 0u64;
+    // SAFETY: the host writes one u64 into a live local.
+    status(unsafe { proxy_get_current_time_nanoseconds(&mut now) })?;
+    Ok(now)
+}
+
+pub fn buffer(
+    buffer_type: BufferType,
+    start: usize,
+    max_size: usize,
+) -> HostResult<Option<Vec<u8>>> {
+    let mut data = null_mut();
+    let mut size = 0usize;
+    // SAFETY: out-pointers are live locals; the returned block is ours to free.
+    let code = unsafe {
+        proxy_get_buffer_bytes(buffer_type as u32, start, max_size, &mut data, &mut size)
+    };
+    optional(status(code).map(|()| unsafe { take_host_buffer(data, size) }))
+}
+
+/// All pairs of a header map, bytes as the host holds them (values need not be UTF-8).
+pub fn header_pairs(map: MapType) -> HostResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut data = null_mut();
+    let mut size = 0usize;
+    // SAFETY: out-pointers are live locals; the returned block is ours to free.
+    let code = unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
+    status(code)?;
+    let raw = unsafe { take_host_buffer(data, size) };
+    decode_pairs(&raw).ok_or(HostError(3))
+}
+
+pub fn header(map: MapType, name: &str) -> HostResult<Option<Vec<u8>>> {
+    let mut data = null_mut();
+    let mut size = 0usize;
+    // SAFETY: the key is live for the call; out-pointers are live locals.
+    let code = unsafe {
+        proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
+    optional(status(code).map(|()| unsafe { take_host_buffer(data, size) }))
+}
+
+pub fn set_header(map: MapType, name: &str, value: &[u8]) -> HostResult<()> {
+    // SAFETY: key and value are live for the call.
+    status(unsafe {
+        proxy_replace_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+pub fn remove_header(map: MapType, name: &[u8]) -> HostResult<()> {
+    // SAFETY: the key is live for the call.
+    status(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// Reads a property; the ABI takes the path as NUL-separated segments.
+pub fn property(path: &[&str]) -> HostResult<Option<Vec<u8>>> {
+    let encoded = encode_path(path);
+    let mut data = null_mut();
+    let mut size = 0usize;
+    // SAFETY: the path is live for the call; out-pointers are live locals.
+    let code = unsafe { proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) };
+    optional(status(code).map(|()| unsafe { take_host_buffer(data, size) }))
+}
+
+pub fn set_property(path: &[&str], value: &[u8]) -> HostResult<()> {
+    let encoded = encode_path(path);
+    // SAFETY: path and value are live for the call.
+    status(unsafe {
+        proxy_set_property(encoded.as_ptr(), encoded.len(), value.as_ptr(), value.len())
+    })
+}
+
+/// Reads a shared-data entry: `Ok(None)` when absent, else the value and its CAS token.
+pub fn shared_data(key: &str) -> HostResult<Option<(Vec<u8>, u32)>> {
+    let mut data = null_mut();
+    let mut size = 0usize;
+    let mut cas = 0u32;
+    // SAFETY: the key is live for the call; out-pointers are live locals.
+    let code =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    match status(code) {
+        Ok(()) => Ok(Some((unsafe { take_host_buffer(data, size) }, cas))),
+        Err(HostError::NOT_FOUND) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a shared-data entry; `cas` 0 writes unconditionally, else it must match.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> HostResult<()> {
+    // SAFETY: key and value are live for the call.
+    status(unsafe {
+        proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+    })
+}
+
+pub fn send_local_response(
+    status_code: u32,
+    details: &str,
+    body: &[u8],
+    headers: &[(&str, &[u8])],
+) -> HostResult<()> {
+    let encoded = encode_pairs(headers);
+    // SAFETY: every buffer is live for the call.
+    status(unsafe {
+        proxy_send_local_response(
+            status_code,
+            details.as_ptr(),
+            details.len(),
+            if body.is_empty() {
+                null()
+            } else {
+                body.as_ptr()
+            },
+            body.len(),
+            encoded.as_ptr(),
+            encoded.len(),
+            -1,
+        )
+    })
+}
+
+/// Resumes a paused request (stream type 0 is the HTTP request).
+pub fn resume_request() -> HostResult<()> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_continue_stream(0) })
+}
+
+/// Resumes a paused response (stream type 1 is the HTTP response).
+pub fn resume_response() -> HostResult<()> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_continue_stream(1) })
+}
+
+/// Defines a counter (metric type 0) and returns its id.
+pub fn define_counter(name: &str) -> HostResult<u32> {
+    let mut id = 0u32;
+    // SAFETY: the name is live for the call; the id is a live local.
+    status(unsafe { proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+/// Defines a gauge (metric type 1) and returns its id.
+pub fn define_gauge(name: &str) -> HostResult<u32> {
+    let mut id = 0u32;
+    // SAFETY: the name is live for the call; the id is a live local.
+    status(unsafe { proxy_define_metric(1, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment_metric(id: u32, offset: i64) -> HostResult<()> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_increment_metric(id, offset) })
+}
+
+pub fn set_tick_period_ms(period: u32) -> HostResult<()> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_set_tick_period_milliseconds(period) })
+}
+
+pub fn set_effective_context(context_id: u32) -> HostResult<()> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_set_effective_context(context_id) })
+}
+
+fn encode_path(path: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.iter().map(|s| s.len() + 1).sum());
+    for (i, segment) in path.iter().enumerate() {
+        if i > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(segment.as_bytes());
+    }
+    out
+}
+
+/// Serializes header pairs the ABI's way: count, (key len, value len)*, then NUL-terminated data.
+pub fn encode_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let data_len: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data_len);
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+/// Parses the ABI's serialized header map; `None` if the host sent something malformed.
+pub fn decode_pairs(raw: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    if raw.is_empty() {
+        return Some(Vec::new());
+    }
+    let read_u32 = |at: usize| -> Option<usize> {
+        let bytes: [u8; 4] = raw.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_le_bytes(bytes) as usize)
+    };
+    let count = read_u32(0)?;
+    // Each pair needs at least 8 bytes of sizes and 2 terminators: reject absurd counts early.
+    if count > raw.len() / 10 + 1 {
+        return None;
+    }
+    let mut sizes = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = 4 + i * 8;
+        sizes.push((read_u32(at)?, read_u32(at + 4)?));
+    }
+    let mut cursor = 4 + count * 8;
+    let mut pairs = Vec::with_capacity(count);
+    for (key_len, value_len) in sizes {
+        let key = raw.get(cursor..cursor.checked_add(key_len)?)?.to_vec();
+        cursor = cursor.checked_add(key_len + 1)?;
+        let value = raw.get(cursor..cursor.checked_add(value_len)?)?.to_vec();
+        cursor = cursor.checked_add(value_len + 1)?;
+        pairs.push((key, value));
+    }
+    Some(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_round_trip() {
+        let pairs: &[(&str, &[u8])] = &[(":method", b"GET"), ("x", b"\xff\x00y"), ("empty", b"")];
+        let decoded = decode_pairs(&encode_pairs(pairs)).unwrap();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn malformed_pairs_are_rejected_not_panicked_on() {
+        let good = encode_pairs(&[("key", b"value")]);
+        for cut in 0..good.len() {
+            let _ = decode_pairs(&good[..cut]);
+        }
+        assert!(decode_pairs(&good[..good.len() - 3]).is_none());
+        assert!(decode_pairs(&[0xff, 0xff, 0xff, 0x7f]).is_none());
+        assert_eq!(decode_pairs(&[]), Some(vec![]));
+    }
+
+    #[test]
+    fn path_is_nul_separated() {
+        assert_eq!(
+            encode_path(&["response", "flags"]),
+            b"response\0flags".to_vec()
+        );
+        assert_eq!(encode_path(&["x"]), b"x".to_vec());
+    }
+}

@@ -1,0 +1,173 @@
+//! The per-stream glue: arms router retries on the request, and classifies how the stream ended.
+
+use crate::config::AbortLogLevel;
+use crate::host::{self, MapType};
+use crate::metrics::Counter;
+use crate::outcome::{self, Outcome, ResponseSeen};
+use crate::retry_policy::{is_client_retry_control, RetrySafety};
+use crate::root::Shared;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+
+pub struct HttpFilter {
+    shared: Option<Rc<Shared>>,
+    method: Vec<u8>,
+    path: Vec<u8>,
+    response: ResponseSeen,
+}
+
+impl HttpFilter {
+    pub fn new(shared: Option<Rc<Shared>>) -> HttpFilter {
+        HttpFilter {
+            shared,
+            method: Vec::new(),
+            path: Vec::new(),
+            response: ResponseSeen::default(),
+        }
+    }
+
+    fn arm_retries(&mut self, shared: &Shared) {
+        let pairs = match host::header_pairs(MapType::RequestHeaders) {
+            Ok(pairs) => pairs,
+            Err(e) => {
+                // Fail open: the request goes on unarmed rather than failing.
+                shared.metrics.inc(Counter::HostErrors);
+                log::debug!("resetguard: request headers unavailable ({e}); passing through");
+                return;
+            }
+        };
+        let mut client_controls = false;
+        for (name, value) in &pairs {
+            match name.as_slice() {
+                b":method" => self.method.clone_from(value),
+                b":path" => self.path.clone_from(value),
+                _ if is_client_retry_control(name) => {
+                    client_controls = true;
+                    if !shared.config.retry.trust_client_retry_headers {
+                        if let Err(e) = host::remove_header(MapType::RequestHeaders, name) {
+                            shared.metrics.inc(Counter::HostErrors);
+                            log::debug!("resetguard: cannot strip a client retry header ({e})");
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let trusted_client_steers =
+            client_controls && shared.config.retry.trust_client_retry_headers;
+        if client_controls && !trusted_client_steers {
+            shared.metrics.inc(Counter::ClientRetryHeadersStripped);
+        }
+
+        let safety = shared.retry.safety_of_method(&self.method);
+        let (class, armed) = match safety {
+            RetrySafety::Idempotent | RetrySafety::KeyedIdempotent => {
+                (Counter::RequestsIdempotent, Counter::RetryArmedFull)
+            }
+            RetrySafety::Unsafe => (
+                Counter::RequestsNonIdempotent,
+                Counter::RetryArmedUnsentOnly,
+            ),
+        };
+        shared.metrics.inc(class);
+        if trusted_client_steers {
+            return; // A trusted client chose its own retry policy.
+        }
+        let Some(plan) = shared.retry.plan(safety) else {
+            return;
+        };
+        for (name, value) in &plan.headers {
+            if let Err(e) = host::set_header(MapType::RequestHeaders, name, value.as_bytes()) {
+                shared.metrics.inc(Counter::HostErrors);
+                log::debug!("resetguard: cannot set {name} ({e}); retries not armed");
+                return;
+            }
+        }
+        shared.metrics.inc(armed);
+    }
+
+    fn report_outcome(&self, shared: &Shared) {
+        let (flags, details) = if self.response.needs_flags() {
+            let flags = host::property(&["response", "flags"])
+                .ok()
+                .flatten()
+                .and_then(|raw| outcome::decode_u64(&raw));
+            let details = match flags {
+                Some(_) => None,
+                None => host::property(&["response", "code_details"]).ok().flatten(),
+            };
+            (flags, details)
+        } else {
+            (None, None)
+        };
+        let result = outcome::classify(self.response, flags, details.as_deref());
+        shared.metrics.inc(match result {
+            Outcome::Completed => Counter::OutcomeCompleted,
+            Outcome::ClientAbort => Counter::OutcomeClientAbort,
+            Outcome::UpstreamReset => Counter::OutcomeUpstreamReset,
+            Outcome::Truncated => Counter::OutcomeTruncated,
+            Outcome::Incomplete => Counter::OutcomeIncomplete,
+        });
+        if result == Outcome::Completed {
+            return;
+        }
+        let abort = &shared.config.client_abort;
+        if abort.filter_state {
+            let _ = host::set_property(&["resetguard_outcome"], result.as_str().as_bytes());
+        }
+        let message = format_args!(
+            "resetguard: {} {} {}: {}",
+            result.as_str(),
+            String::from_utf8_lossy(&self.method),
+            String::from_utf8_lossy(&self.path),
+            match result {
+                Outcome::ClientAbort => "the client disconnected before the response completed",
+                Outcome::UpstreamReset => "the upstream reset or refused and no retry saved it",
+                Outcome::Truncated => "the response was cut off after it started",
+                _ => "the stream ended early for a reason the host does not report",
+            }
+        );
+        match (result, abort.log_level) {
+            (Outcome::ClientAbort, AbortLogLevel::Off) => {}
+            (Outcome::ClientAbort, AbortLogLevel::Debug) => log::debug!("{message}"),
+            _ => log::info!("{message}"),
+        }
+    }
+}
+
+impl Context for HttpFilter {}
+
+impl HttpContext for HttpFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(shared) = self.shared.clone() {
+            self.arm_retries(&shared);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.response.headers = true;
+        self.response.ended |= end_of_stream;
+        if let Ok(Some(raw)) = host::header(MapType::ResponseHeaders, ":status") {
+            self.response.status = outcome::parse_status(&raw);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        self.response.ended |= end_of_stream;
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.response.ended = true;
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Some(shared) = self.shared.clone() {
+            self.report_outcome(&shared);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! resetguard: a proxy-wasm HTTP filter that makes connection resets harmless.
+//!
+//! Decision logic lives in ABI-free modules (`config`, `retry_policy`, `outcome`) that are unit
+//! tested natively; `host` wraps the ABI without panicking; `root` and `http` are the thin glue.
+
+pub mod config;
+pub mod host;
+mod http;
+mod logger;
+pub mod metrics;
+pub mod outcome;
+pub mod retry_policy;
+mod root;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_context_id| Box::new(root::Root::default()));
+}}

@@ -1,0 +1,54 @@
+//! Routes the `log` crate to the host's log, filtered in the module at the host's level so a
+//! suppressed line costs no host call.
+
+use crate::host;
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct HostLogger;
+
+static LOGGER: HostLogger = HostLogger;
+
+impl Log for HostLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            Level::Error => host::LogLevel::Error,
+            Level::Warn => host::LogLevel::Warn,
+            Level::Info => host::LogLevel::Info,
+            Level::Debug => host::LogLevel::Debug,
+            Level::Trace => host::LogLevel::Trace,
+        };
+        let _ = host::log(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger once per VM, at the host's current level (Info if the host won't say).
+pub fn install() {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(host_level());
+}
+
+/// Re-reads the host's level (an operator may have changed it at runtime).
+pub fn refresh() {
+    log::set_max_level(host_level());
+}
+
+fn host_level() -> LevelFilter {
+    match host::log_level() {
+        Ok(0) => LevelFilter::Trace,
+        Ok(1) => LevelFilter::Debug,
+        Ok(2) => LevelFilter::Info,
+        Ok(3) => LevelFilter::Warn,
+        Ok(4) | Ok(5) => LevelFilter::Error,
+        Ok(_) => LevelFilter::Off,
+        Err(_) => LevelFilter::Info,
+    }
+}

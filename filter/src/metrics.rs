@@ -1,0 +1,100 @@
+//! The filter's counters, defined once per VM at start-up. Envoy merges same-named metrics of all
+//! workers; a host without metrics leaves them undefined and counting becomes a no-op.
+
+use crate::host;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Counter {
+    RequestsIdempotent,
+    RequestsNonIdempotent,
+    RetryArmedFull,
+    RetryArmedUnsentOnly,
+    ClientRetryHeadersStripped,
+    ConfigRejected,
+    OutcomeCompleted,
+    OutcomeClientAbort,
+    OutcomeUpstreamReset,
+    OutcomeTruncated,
+    OutcomeIncomplete,
+    HostErrors,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 12] = [
+        Counter::RequestsIdempotent,
+        Counter::RequestsNonIdempotent,
+        Counter::RetryArmedFull,
+        Counter::RetryArmedUnsentOnly,
+        Counter::ClientRetryHeadersStripped,
+        Counter::ConfigRejected,
+        Counter::OutcomeCompleted,
+        Counter::OutcomeClientAbort,
+        Counter::OutcomeUpstreamReset,
+        Counter::OutcomeTruncated,
+        Counter::OutcomeIncomplete,
+        Counter::HostErrors,
+    ];
+
+    /// The metric name as it appears in the proxy's stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::RequestsIdempotent => "resetguard.requests.idempotent",
+            Counter::RequestsNonIdempotent => "resetguard.requests.non_idempotent",
+            Counter::RetryArmedFull => "resetguard.retry.armed_full",
+            Counter::RetryArmedUnsentOnly => "resetguard.retry.armed_unsent_only",
+            Counter::ClientRetryHeadersStripped => "resetguard.retry.client_headers_stripped",
+            Counter::ConfigRejected => "resetguard.config.rejected",
+            Counter::OutcomeCompleted => "resetguard.outcome.completed",
+            Counter::OutcomeClientAbort => "resetguard.outcome.client_abort",
+            Counter::OutcomeUpstreamReset => "resetguard.outcome.upstream_reset",
+            Counter::OutcomeTruncated => "resetguard.outcome.truncated",
+            Counter::OutcomeIncomplete => "resetguard.outcome.incomplete",
+            Counter::HostErrors => "resetguard.host_errors",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    ids: Vec<Option<u32>>,
+}
+
+impl Metrics {
+    /// Defines every counter; returns how many the host refused (0 on Envoy).
+    pub fn define() -> (Metrics, usize) {
+        let ids: Vec<Option<u32>> = Counter::ALL
+            .iter()
+            .map(|c| host::define_counter(c.name()).ok())
+            .collect();
+        let refused = ids.iter().filter(|id| id.is_none()).count();
+        (Metrics { ids }, refused)
+    }
+
+    pub fn add(&self, counter: Counter, n: i64) {
+        if let Some(Some(id)) = self.ids.get(counter as usize) {
+            // A failed increment loses one count; nothing else to do about it.
+            let _ = host::increment_metric(*id, n);
+        }
+    }
+
+    pub fn inc(&self, counter: Counter) {
+        self.add(counter, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_prefixed_and_indexed_in_order() {
+        let mut names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+        assert!(names.iter().all(|n| n.starts_with("resetguard.")));
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+    }
+}

@@ -1,0 +1,204 @@
+//! How a request ended, from what the filter saw of the response plus (only when the response did
+//! not end cleanly) Envoy's response flags. A client that went away is a client abort, not an error.
+
+/// Envoy's `response.flags` bits that matter here (StreamInfo::ResponseFlag).
+pub mod flags {
+    pub const LOCAL_RESET: u64 = 0x8;
+    pub const UPSTREAM_REMOTE_RESET: u64 = 0x10;
+    pub const UPSTREAM_CONNECTION_FAILURE: u64 = 0x20;
+    pub const UPSTREAM_CONNECTION_TERMINATION: u64 = 0x40;
+    pub const UPSTREAM_OVERFLOW: u64 = 0x80;
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: u64 = 0x8000;
+
+    /// Flags meaning "the upstream connection failed or reset and nobody saved the request".
+    pub const UPSTREAM_RESET_ANY: u64 = LOCAL_RESET
+        | UPSTREAM_REMOTE_RESET
+        | UPSTREAM_CONNECTION_FAILURE
+        | UPSTREAM_CONNECTION_TERMINATION
+        | UPSTREAM_OVERFLOW
+        | UPSTREAM_RETRY_LIMIT_EXCEEDED;
+}
+
+/// `response.code_details` Envoy sets when the client disconnected.
+pub const DOWNSTREAM_DISCONNECT_DETAILS: &[u8] = b"downstream_remote_disconnect";
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response reached the client in full.
+    Completed,
+    /// The client went away before the response completed (a 499-style abort).
+    ClientAbort,
+    /// The upstream reset, refused or failed the connection and the client got a proxy error.
+    UpstreamReset,
+    /// The response started but ended early, and not because the client left.
+    Truncated,
+    /// It did not end cleanly, and the host cannot say why (no `response.flags`).
+    Incomplete,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::ClientAbort => "client_abort",
+            Outcome::UpstreamReset => "upstream_reset",
+            Outcome::Truncated => "truncated",
+            Outcome::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// What the filter observed of the response without asking the host anything extra.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResponseSeen {
+    pub status: Option<u16>,
+    pub headers: bool,
+    pub ended: bool,
+}
+
+impl ResponseSeen {
+    /// Whether classifying needs Envoy's response flags (only for unclean or 5xx endings).
+    pub fn needs_flags(&self) -> bool {
+        !self.ended || self.status.is_some_and(|s| s >= 500)
+    }
+}
+
+/// Classifies a finished stream. `flags`/`details` are `None` when the host does not provide them.
+pub fn classify(seen: ResponseSeen, flags: Option<u64>, details: Option<&[u8]>) -> Outcome {
+    let client_left = match flags {
+        Some(f) => f & flags::DOWNSTREAM_CONNECTION_TERMINATION != 0,
+        None => details == Some(DOWNSTREAM_DISCONNECT_DETAILS),
+    };
+    if !seen.ended {
+        return if client_left {
+            Outcome::ClientAbort
+        } else if flags.is_none() && details.is_none() {
+            Outcome::Incomplete
+        } else if seen.headers {
+            Outcome::Truncated
+        } else if flags.is_some_and(|f| f & flags::UPSTREAM_RESET_ANY != 0) {
+            Outcome::UpstreamReset
+        } else {
+            Outcome::Incomplete
+        };
+    }
+    match flags {
+        Some(f) if seen.status.is_some_and(|s| s >= 500) && f & flags::UPSTREAM_RESET_ANY != 0 => {
+            Outcome::UpstreamReset
+        }
+        _ => Outcome::Completed,
+    }
+}
+
+/// Decodes an integer property: 8 bytes, little-endian (as Envoy serialises them).
+pub fn decode_u64(raw: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = raw.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
+/// Parses a `:status` header value.
+pub fn parse_status(raw: &[u8]) -> Option<u16> {
+    if raw.len() != 3 {
+        return None;
+    }
+    std::str::from_utf8(raw)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|s| (100..=599).contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK_200: ResponseSeen = ResponseSeen {
+        status: Some(200),
+        headers: true,
+        ended: true,
+    };
+    const NOTHING: ResponseSeen = ResponseSeen {
+        status: None,
+        headers: false,
+        ended: false,
+    };
+
+    #[test]
+    fn a_clean_response_needs_no_property_reads() {
+        assert!(!OK_200.needs_flags());
+        assert_eq!(classify(OK_200, None, None), Outcome::Completed);
+        let not_found = ResponseSeen {
+            status: Some(404),
+            ..OK_200
+        };
+        assert!(!not_found.needs_flags());
+    }
+
+    #[test]
+    fn client_disconnect_is_an_abort_whatever_else_is_set() {
+        assert!(NOTHING.needs_flags());
+        assert_eq!(classify(NOTHING, Some(0x4000), None), Outcome::ClientAbort);
+        let mid_body = ResponseSeen {
+            status: Some(200),
+            headers: true,
+            ended: false,
+        };
+        assert_eq!(
+            classify(mid_body, Some(0x4000 | 0x40), None),
+            Outcome::ClientAbort
+        );
+        // Hosts without flags but with code details (Envoy always has both; others may not).
+        assert_eq!(
+            classify(NOTHING, None, Some(DOWNSTREAM_DISCONNECT_DETAILS)),
+            Outcome::ClientAbort
+        );
+    }
+
+    #[test]
+    fn reset_replies_are_upstream_resets() {
+        let reply_503 = ResponseSeen {
+            status: Some(503),
+            headers: true,
+            ended: true,
+        };
+        assert_eq!(
+            classify(
+                reply_503,
+                Some(flags::UPSTREAM_CONNECTION_TERMINATION),
+                None
+            ),
+            Outcome::UpstreamReset
+        );
+        assert_eq!(
+            classify(reply_503, Some(flags::UPSTREAM_CONNECTION_FAILURE), None),
+            Outcome::UpstreamReset
+        );
+        // A 503 the upstream itself sent is a completed exchange.
+        assert_eq!(classify(reply_503, Some(0), None), Outcome::Completed);
+    }
+
+    #[test]
+    fn a_response_cut_mid_body_is_truncated_not_success() {
+        let mid_body = ResponseSeen {
+            status: Some(200),
+            headers: true,
+            ended: false,
+        };
+        assert_eq!(
+            classify(mid_body, Some(flags::UPSTREAM_REMOTE_RESET), None),
+            Outcome::Truncated
+        );
+        assert_eq!(classify(mid_body, None, None), Outcome::Incomplete);
+    }
+
+    #[test]
+    fn decoding_is_total() {
+        assert_eq!(decode_u64(&0x4000u64.to_le_bytes()), Some(0x4000));
+        assert_eq!(decode_u64(b"1234"), None);
+        assert_eq!(parse_status(b"503"), Some(503));
+        for bad in [&b"50"[..], b"5033", b"abc", b"099", b"\xff\xff\xff"] {
+            assert_eq!(parse_status(bad), None);
+        }
+    }
+}
