@@ -1,0 +1,1 @@
+"""Real-Envoy test harness for resetguard: Envoy process management, a chaos upstream, clients."""

@@ -1,0 +1,346 @@
+"""A chaos HTTP/1.1 upstream whose behaviour per request is controlled by the test.
+
+Threads and raw sockets, keep-alive, bound to 127.0.0.1 only. Every request that the upstream
+read completely is an *attempt*; attempts are counted per path, per `x-scenario-request` tag and
+per `Idempotency-Key` (each key counted only for requests that carried it).
+
+Behaviour is chosen per attempt:
+  * a plan registered for the request's tag (or, failing that, its path): a list of actions, one
+    per successive attempt; attempts beyond the list repeat the last entry;
+  * otherwise `default`, a callable `(request, attempt_index) -> action` or an action dict.
+
+Actions (dicts, the same vocabulary as docs/scenario-format.md):
+  {"action": "respond", "status": 200, "headers": {...}, "body": "ok", "delay_ms": 0}
+  {"action": "reset_before_headers", "delay_ms": 0}   read the request, then TCP RST, no answer
+  {"action": "reset_mid_body", "status": 200, "body": "full body", "body_prefix": "part"}
+      send headers announcing the full length, then `body_prefix`, then RST
+  {"action": "close"}                                   FIN without answer
+
+`stale_after_ms` simulates a server whose keep-alive idle timer fires as a request arrives: on a
+connection that sat idle longer than that since its previous response, the next request is read
+and answered with an RST only (counted as an attempt and in `stale_resets`).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+Action = dict
+DefaultBehaviour = Union[Action, Callable[["Request", int], Action]]
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024
+REQUEST_READ_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict  # lower-case name -> value (last one wins)
+    raw_headers: list  # [(name, value)] as received
+    body: bytes
+    conn_id: int
+    received_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def tag(self) -> Optional[str]:
+        return self.headers.get("x-scenario-request")
+
+    @property
+    def key(self) -> Optional[str]:
+        return self.headers.get("idempotency-key")
+
+
+def _rst_close(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0 so the kernel sends a TCP RST instead of a FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class ChaosUpstream:
+    def __init__(self, default: DefaultBehaviour = None, stale_after_ms: Optional[int] = None,
+                 name: str = "chaos"):
+        self.name = name
+        self.default: DefaultBehaviour = default or {"action": "respond", "status": 200,
+                                                     "body": "ok"}
+        self.stale_after_ms = stale_after_ms
+        self._lock = threading.Lock()
+        self._plans: dict = {}
+        self.attempts_by_path: Counter = Counter()
+        self.attempts_by_tag: Counter = Counter()
+        self.attempts_by_key: Counter = Counter()
+        self.requests: list = []  # every attempt (Request), bounded by keep_requests
+        self.keep_requests = 10_000
+        self.total_attempts = 0
+        self.stale_resets = 0
+        self.connections = 0
+        self._conns: set = set()
+        self._stopping = threading.Event()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(512)
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, name=f"{name}-accept",
+                                        daemon=True)
+
+    # -- control ----------------------------------------------------------------------------------
+    def start(self) -> "ChaosUpstream":
+        self._thread.start()
+        return self
+
+    def plan(self, tag_or_path: str, actions: list) -> None:
+        """Registers the actions for successive attempts of a tag (or a path)."""
+        with self._lock:
+            self._plans[tag_or_path] = list(actions)
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.attempts_by_path.clear()
+            self.attempts_by_tag.clear()
+            self.attempts_by_key.clear()
+            self.requests.clear()
+            self.total_attempts = 0
+            self.stale_resets = 0
+
+    def attempts(self, tag: str) -> int:
+        with self._lock:
+            return self.attempts_by_tag[tag]
+
+    def key_attempts(self, key: str) -> int:
+        with self._lock:
+            return self.attempts_by_key[key]
+
+    def path_attempts(self, path: str) -> int:
+        with self._lock:
+            return self.attempts_by_path[path]
+
+    def requests_for(self, tag: str) -> list:
+        with self._lock:
+            return [r for r in self.requests if r.tag == tag]
+
+    def stop(self) -> None:
+        self._stopping.set()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                c.close()
+            except OSError:
+                pass
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- serving ----------------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self.connections += 1
+                conn_id = self.connections
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn, conn_id), daemon=True,
+                             name=f"{self.name}-conn{conn_id}").start()
+
+    def _choose(self, req: Request) -> Action:
+        with self._lock:
+            key = req.tag if req.tag in self._plans else req.path
+            plan = self._plans.get(key)
+            index = (self.attempts_by_tag[req.tag] if req.tag in self._plans
+                     else self.attempts_by_path[req.path]) - 1
+        if plan:
+            return plan[min(index, len(plan) - 1)]
+        if callable(self.default):
+            return self.default(req, index)
+        return self.default
+
+    def _record(self, req: Request) -> None:
+        with self._lock:
+            self.total_attempts += 1
+            self.attempts_by_path[req.path] += 1
+            if req.tag is not None:
+                self.attempts_by_tag[req.tag] += 1
+            if req.key is not None:
+                self.attempts_by_key[req.key] += 1
+            if len(self.requests) < self.keep_requests:
+                self.requests.append(req)
+
+    def _serve(self, conn: socket.socket, conn_id: int) -> None:
+        buf = b""
+        last_response_at: Optional[float] = None
+        try:
+            conn.settimeout(REQUEST_READ_TIMEOUT_S)
+            while not self._stopping.is_set():
+                req, buf = _read_request(conn, buf, conn_id)
+                if req is None:
+                    break
+                self._record(req)
+                if (self.stale_after_ms is not None and last_response_at is not None
+                        and (req.received_at - last_response_at) * 1000 > self.stale_after_ms):
+                    with self._lock:
+                        self.stale_resets += 1
+                    _rst_close(conn)
+                    return
+                action = self._choose(req)
+                keep = self._act(conn, req, action)
+                last_response_at = time.monotonic()
+                if not keep:
+                    return
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _act(self, conn: socket.socket, req: Request, action: Action) -> bool:
+        """Performs one action; returns whether the connection stays open."""
+        kind = action.get("action", "respond")
+        delay = action.get("delay_ms") or 0
+        if delay:
+            # Sleep in slices so stop() is honoured; detect a peer that went away meanwhile.
+            end = time.monotonic() + delay / 1000
+            while time.monotonic() < end and not self._stopping.is_set():
+                time.sleep(min(0.02, max(0.0, end - time.monotonic())))
+        if kind == "reset_before_headers":
+            _rst_close(conn)
+            return False
+        if kind == "close":
+            conn.close()
+            return False
+        status = int(action.get("status", 200))
+        body = _bytes(action.get("body", ""))
+        prefix = b""
+        if kind == "reset_mid_body":
+            prefix = _bytes(action.get("body_prefix", body[: max(1, len(body) // 2)]))
+            if len(body) <= len(prefix):
+                body = prefix + b"-" * 64  # announce more than will ever arrive
+        headers = dict(action.get("headers") or {})
+        head = [f"HTTP/1.1 {status} {_reason(status)}"]
+        names = {k.lower() for k in headers}
+        for k, v in headers.items():
+            head.append(f"{k}: {v}")
+        if "content-length" not in names:
+            head.append(f"content-length: {len(body)}")
+        wire_head = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if kind == "reset_mid_body":
+            conn.sendall(wire_head + prefix)
+            time.sleep(0.05)  # let the headers and prefix leave before the RST
+            _rst_close(conn)
+            return False
+        if req.method == "HEAD":
+            conn.sendall(wire_head)
+        else:
+            conn.sendall(wire_head + body)
+        return True
+
+
+def _bytes(v) -> bytes:
+    return v if isinstance(v, bytes) else str(v).encode()
+
+
+def _reason(status: int) -> str:
+    return {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+            409: "Conflict", 422: "Unprocessable Content", 500: "Internal Server Error",
+            502: "Bad Gateway", 503: "Service Unavailable"}.get(status, "Status")
+
+
+def _read_request(conn: socket.socket, buf: bytes, conn_id: int):
+    """Reads one request (headers + Content-Length or chunked body). Returns (None, b"") on EOF."""
+    while b"\r\n\r\n" not in buf:
+        if len(buf) > MAX_HEADER_BYTES:
+            raise ValueError("headers too large")
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None, b""
+        buf += chunk
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    raw_headers = []
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        raw_headers.append((name.strip(), value.strip()))
+        headers[name.strip().lower()] = value.strip()
+    body = b""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            while b"\r\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return None, b""
+                buf += chunk
+            size_line, buf = buf.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(buf) < size + 2:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return None, b""
+                buf += chunk
+            body += buf[:size]
+            buf = buf[size + 2:]
+            if size == 0:
+                break
+            if len(body) > MAX_BODY_BYTES:
+                raise ValueError("body too large")
+    else:
+        length = int(headers.get("content-length", "0") or 0)
+        if length > MAX_BODY_BYTES:
+            raise ValueError("body too large")
+        while len(buf) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None, b""
+            buf += chunk
+        body, buf = buf[:length], buf[length:]
+    return Request(method, path, headers, raw_headers, body, conn_id), buf
+
+
+class DeadPort:
+    """A loopback port where connects are refused: bound, never listening, kept until close()."""
+
+    def __init__(self):
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+
+    def close(self):
+        self._sock.close()
