@@ -6,6 +6,7 @@
 pub mod config;
 pub mod host;
 mod http;
+pub mod idempotency;
 mod logger;
 pub mod metrics;
 pub mod outcome;

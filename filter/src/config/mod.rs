@@ -1,10 +1,12 @@
 //! The plugin JSON contract: parsing, validation and defaults. Knows nothing of the ABI.
 
 mod client_abort;
+mod idempotency;
 pub mod reader;
 mod retry;
 
 pub use client_abort::{AbortLogLevel, ClientAbortConfig};
+pub use idempotency::{IdempotencyConfig, IdempotencyMode, WhenFull};
 pub use reader::{ConfigError, ConfigResult};
 pub use retry::{RetryConfig, RetryOn, MAX_RETRIES_LIMIT, RFC9110_IDEMPOTENT};
 
@@ -17,6 +19,7 @@ pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 pub struct Config {
     pub retry: RetryConfig,
     pub client_abort: ClientAbortConfig,
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Config {
@@ -39,10 +42,12 @@ impl Config {
         let mut root = ObjectReader::new("$", &value)?;
         let retry = RetryConfig::read(root.object("retry")?)?;
         let client_abort = ClientAbortConfig::read(root.object("client_abort")?)?;
+        let idempotency = IdempotencyConfig::read(root.object("idempotency")?)?;
         root.finish()?;
         Ok(Config {
             retry,
             client_abort,
+            idempotency,
         })
     }
 

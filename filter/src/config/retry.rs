@@ -213,7 +213,7 @@ fn read_condition(path: &str, value: &serde_json::Value) -> ConfigResult<RetryOn
     })
 }
 
-fn read_method(path: &str, value: &serde_json::Value) -> ConfigResult<String> {
+pub(super) fn read_method(path: &str, value: &serde_json::Value) -> ConfigResult<String> {
     let s = read_string(path, value)?;
     if REGISTERED_METHODS.contains(&s) {
         return Ok(s.to_string());

@@ -1,0 +1,463 @@
+//! One shard's index: a compact binary list of claimed keys, and the pure state transitions the
+//! store applies to it between a shared-data read and its CAS write. No I/O, no clock: time is a
+//! parameter, so every transition is unit tested natively.
+//!
+//! Layout: `RGI1`, entry count (u16 LE), then fixed 53-byte entries:
+//! identity (16) | fingerprint (16) | owner (u64) | slot (u16) | status (u16) | kind (u8) | time (u64).
+
+pub type Identity = [u8; 16];
+pub type Fingerprint = [u8; 16];
+
+const MAGIC: &[u8; 4] = b"RGI1";
+const HEADER_LEN: usize = 6;
+pub const ENTRY_LEN: usize = 53;
+/// Slot value of an entry that holds no stored response.
+pub const NO_SLOT: u16 = u16::MAX;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EntryState {
+    /// Claimed by a request that is still upstream; reclaimable after the lock deadline.
+    InFlight { lock_deadline_ms: u64 },
+    /// Executed; the response (if `replayable`) is in the entry's slot until `expiry_ms`.
+    Completed { expiry_ms: u64, replayable: bool },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub identity: Identity,
+    pub fingerprint: Fingerprint,
+    /// The claiming request's unguessable token; kept after completion to authenticate the slot.
+    pub owner: u64,
+    pub slot: u16,
+    /// The upstream status once completed (0 while in flight).
+    pub status: u16,
+    pub state: EntryState,
+}
+
+impl Entry {
+    fn expired(&self, now_ms: u64) -> bool {
+        match self.state {
+            EntryState::InFlight { lock_deadline_ms } => lock_deadline_ms <= now_ms,
+            EntryState::Completed { expiry_ms, .. } => expiry_ms <= now_ms,
+        }
+    }
+
+    fn time(&self) -> u64 {
+        match self.state {
+            EntryState::InFlight { lock_deadline_ms } => lock_deadline_ms,
+            EntryState::Completed { expiry_ms, .. } => expiry_ms,
+        }
+    }
+
+    fn is_claim_of(&self, identity: &Identity, owner: u64) -> bool {
+        self.identity == *identity
+            && self.owner == owner
+            && matches!(self.state, EntryState::InFlight { .. })
+    }
+}
+
+/// What reclaiming dropped: completed entries past their TTL, and claims whose worker vanished.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    pub expired: u32,
+    pub lock_expired: u32,
+}
+
+impl Reclaimed {
+    pub fn any(&self) -> bool {
+        self.expired + self.lock_expired > 0
+    }
+}
+
+/// The answer to "may this request run?", read off one consistent snapshot of the shard.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// A new in-flight entry was added (the caller must CAS-write the index for it to count).
+    Claim {
+        slot: u16,
+    },
+    InFlight,
+    PayloadMismatch,
+    Replay {
+        slot: u16,
+        owner: u64,
+        status: u16,
+    },
+    NotReplayable {
+        status: u16,
+    },
+    Full {
+        retry_after_s: u32,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardIndex {
+    pub entries: Vec<Entry>,
+}
+
+impl ShardIndex {
+    /// Decodes a shard value; an empty value is an empty shard; `None` if corrupt.
+    pub fn decode(raw: &[u8]) -> Option<ShardIndex> {
+        if raw.is_empty() {
+            return Some(ShardIndex::default());
+        }
+        if raw.get(..4)? != MAGIC {
+            return None;
+        }
+        let count = usize::from(u16::from_le_bytes(raw.get(4..6)?.try_into().ok()?));
+        let body = raw.get(HEADER_LEN..)?;
+        if body.len() != count.checked_mul(ENTRY_LEN)? {
+            return None;
+        }
+        let entries = body
+            .chunks_exact(ENTRY_LEN)
+            .map(decode_entry)
+            .collect::<Option<Vec<Entry>>>()?;
+        Some(ShardIndex { entries })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.entries.len() * ENTRY_LEN);
+        out.extend_from_slice(MAGIC);
+        let count = u16::try_from(self.entries.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&count.to_le_bytes());
+        for e in self.entries.iter().take(usize::from(count)) {
+            out.extend_from_slice(&e.identity);
+            out.extend_from_slice(&e.fingerprint);
+            out.extend_from_slice(&e.owner.to_le_bytes());
+            out.extend_from_slice(&e.slot.to_le_bytes());
+            out.extend_from_slice(&e.status.to_le_bytes());
+            let (kind, time) = match e.state {
+                EntryState::InFlight { lock_deadline_ms } => (1u8, lock_deadline_ms),
+                EntryState::Completed {
+                    expiry_ms,
+                    replayable: true,
+                } => (2, expiry_ms),
+                EntryState::Completed {
+                    expiry_ms,
+                    replayable: false,
+                } => (3, expiry_ms),
+            };
+            out.push(kind);
+            out.extend_from_slice(&time.to_le_bytes());
+        }
+        out
+    }
+
+    /// Drops entries past their TTL or lock deadline (done on every shard write).
+    pub fn reclaim(&mut self, now_ms: u64) -> Reclaimed {
+        let mut reclaimed = Reclaimed::default();
+        self.entries.retain(|e| {
+            if !e.expired(now_ms) {
+                return true;
+            }
+            match e.state {
+                EntryState::InFlight { .. } => reclaimed.lock_expired += 1,
+                EntryState::Completed { .. } => reclaimed.expired += 1,
+            }
+            false
+        });
+        reclaimed
+    }
+
+    /// Decides for a request and, when it may run, adds its in-flight entry.
+    /// Call after `reclaim` so that expired entries neither match nor take capacity.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide(
+        &mut self,
+        identity: &Identity,
+        fingerprint: &Fingerprint,
+        owner: u64,
+        now_ms: u64,
+        lock_timeout_ms: u64,
+        capacity: usize,
+    ) -> Decision {
+        if let Some(e) = self.entries.iter().find(|e| e.identity == *identity) {
+            if e.fingerprint != *fingerprint {
+                return Decision::PayloadMismatch;
+            }
+            return match e.state {
+                EntryState::InFlight { .. } => Decision::InFlight,
+                EntryState::Completed {
+                    replayable: true, ..
+                } if e.slot != NO_SLOT => Decision::Replay {
+                    slot: e.slot,
+                    owner: e.owner,
+                    status: e.status,
+                },
+                EntryState::Completed { .. } => Decision::NotReplayable { status: e.status },
+            };
+        }
+        let slot = match self.free_slot(capacity) {
+            Some(slot) if self.entries.len() < capacity => slot,
+            _ => {
+                let soonest = self.entries.iter().map(Entry::time).min().unwrap_or(now_ms);
+                let wait_s = soonest.saturating_sub(now_ms).div_ceil(1000).clamp(1, 60);
+                return Decision::Full {
+                    retry_after_s: wait_s as u32,
+                };
+            }
+        };
+        self.entries.push(Entry {
+            identity: *identity,
+            fingerprint: *fingerprint,
+            owner,
+            slot,
+            status: 0,
+            state: EntryState::InFlight {
+                lock_deadline_ms: now_ms.saturating_add(lock_timeout_ms),
+            },
+        });
+        Decision::Claim { slot }
+    }
+
+    /// The lowest slot in `0..capacity` no entry holds (slots stay bounded by capacity).
+    fn free_slot(&self, capacity: usize) -> Option<u16> {
+        let limit = u16::try_from(capacity.min(usize::from(NO_SLOT))).unwrap_or(NO_SLOT);
+        (0..limit).find(|s| self.entries.iter().all(|e| e.slot != *s))
+    }
+
+    /// The claim this request holds, if it still holds it.
+    pub fn claim_of(&self, identity: &Identity, owner: u64) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.is_claim_of(identity, owner))
+    }
+
+    /// Pushes a held claim's lock deadline out; false if the claim is gone.
+    pub fn renew(&mut self, identity: &Identity, owner: u64, deadline_ms: u64) -> bool {
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| e.is_claim_of(identity, owner))
+        {
+            Some(e) => {
+                e.state = EntryState::InFlight {
+                    lock_deadline_ms: deadline_ms,
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Turns a held claim into a completed entry; false if the claim is gone.
+    pub fn complete(
+        &mut self,
+        identity: &Identity,
+        owner: u64,
+        status: u16,
+        expiry_ms: u64,
+        replayable: bool,
+    ) -> bool {
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| e.is_claim_of(identity, owner))
+        {
+            Some(e) => {
+                e.status = status;
+                if !replayable {
+                    e.slot = NO_SLOT;
+                }
+                e.state = EntryState::Completed {
+                    expiry_ms,
+                    replayable,
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a held claim so the key can run again; false if the claim is gone.
+    pub fn release(&mut self, identity: &Identity, owner: u64) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|e| !e.is_claim_of(identity, owner));
+        self.entries.len() != before
+    }
+}
+
+fn decode_entry(raw: &[u8]) -> Option<Entry> {
+    let array16 = |at: usize| -> Option<[u8; 16]> { raw.get(at..at + 16)?.try_into().ok() };
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(raw.get(at..at + 8)?.try_into().ok()?))
+    };
+    let u16_at = |at: usize| -> Option<u16> {
+        Some(u16::from_le_bytes(raw.get(at..at + 2)?.try_into().ok()?))
+    };
+    let time = u64_at(45)?;
+    let state = match raw.get(44)? {
+        1 => EntryState::InFlight {
+            lock_deadline_ms: time,
+        },
+        2 => EntryState::Completed {
+            expiry_ms: time,
+            replayable: true,
+        },
+        3 => EntryState::Completed {
+            expiry_ms: time,
+            replayable: false,
+        },
+        _ => return None,
+    };
+    Some(Entry {
+        identity: array16(0)?,
+        fingerprint: array16(16)?,
+        owner: u64_at(32)?,
+        slot: u16_at(40)?,
+        status: u16_at(42)?,
+        state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID_A: Identity = [1; 16];
+    const ID_B: Identity = [2; 16];
+    const FP: Fingerprint = [9; 16];
+    const OTHER_FP: Fingerprint = [8; 16];
+
+    #[test]
+    fn round_trips_and_rejects_corruption() {
+        let mut index = ShardIndex::default();
+        assert_eq!(
+            index.decide(&ID_A, &FP, 7, 1000, 500, 4),
+            Decision::Claim { slot: 0 }
+        );
+        assert_eq!(
+            index.decide(&ID_B, &FP, 8, 1000, 500, 4),
+            Decision::Claim { slot: 1 }
+        );
+        assert!(index.complete(&ID_B, 8, 201, 9000, true));
+        let raw = index.encode();
+        assert_eq!(raw.len(), HEADER_LEN + 2 * ENTRY_LEN);
+        assert_eq!(ShardIndex::decode(&raw), Some(index));
+        assert_eq!(ShardIndex::decode(b""), Some(ShardIndex::default()));
+        for cut in 1..raw.len() {
+            assert_eq!(ShardIndex::decode(&raw[..cut]), None, "cut {cut}");
+        }
+        let mut bad_kind = raw.clone();
+        bad_kind[HEADER_LEN + 44] = 0;
+        assert_eq!(ShardIndex::decode(&bad_kind), None);
+    }
+
+    #[test]
+    fn the_lifecycle_of_a_key() {
+        let mut index = ShardIndex::default();
+        assert_eq!(
+            index.decide(&ID_A, &FP, 7, 1000, 500, 4),
+            Decision::Claim { slot: 0 }
+        );
+        assert_eq!(
+            index.decide(&ID_A, &FP, 8, 1001, 500, 4),
+            Decision::InFlight
+        );
+        assert_eq!(
+            index.decide(&ID_A, &OTHER_FP, 8, 1001, 500, 4),
+            Decision::PayloadMismatch
+        );
+        assert!(!index.complete(&ID_A, 8, 200, 5000, true), "not the owner");
+        assert!(index.complete(&ID_A, 7, 201, 5000, true));
+        assert_eq!(
+            index.decide(&ID_A, &FP, 9, 4999, 500, 4),
+            Decision::Replay {
+                slot: 0,
+                owner: 7,
+                status: 201
+            }
+        );
+        assert_eq!(
+            index.decide(&ID_A, &OTHER_FP, 9, 4999, 500, 4),
+            Decision::PayloadMismatch
+        );
+        assert!(!index.release(&ID_A, 7), "completed keys are not released");
+        assert_eq!(
+            index.reclaim(5000),
+            Reclaimed {
+                expired: 1,
+                lock_expired: 0
+            }
+        );
+        assert_eq!(
+            index.decide(&ID_A, &FP, 9, 5000, 500, 4),
+            Decision::Claim { slot: 0 }
+        );
+    }
+
+    #[test]
+    fn released_and_abandoned_claims_free_the_key() {
+        let mut index = ShardIndex::default();
+        index.decide(&ID_A, &FP, 7, 1000, 500, 4);
+        assert!(index.release(&ID_A, 7));
+        assert_eq!(
+            index.decide(&ID_A, &FP, 8, 1000, 500, 4),
+            Decision::Claim { slot: 0 }
+        );
+        assert_eq!(index.reclaim(1499), Reclaimed::default());
+        assert_eq!(
+            index.reclaim(1500),
+            Reclaimed {
+                expired: 0,
+                lock_expired: 1
+            }
+        );
+        assert!(
+            !index.complete(&ID_A, 8, 200, 9000, true),
+            "a reclaimed claim cannot complete"
+        );
+    }
+
+    #[test]
+    fn unreplayable_completions_keep_the_key_but_free_the_slot() {
+        let mut index = ShardIndex::default();
+        index.decide(&ID_A, &FP, 7, 1000, 500, 2);
+        assert!(index.complete(&ID_A, 7, 200, 9000, false));
+        assert_eq!(
+            index.decide(&ID_A, &FP, 8, 1000, 500, 2),
+            Decision::NotReplayable { status: 200 }
+        );
+        assert_eq!(
+            index.decide(&ID_B, &FP, 8, 1000, 500, 2),
+            Decision::Claim { slot: 0 }
+        );
+    }
+
+    #[test]
+    fn capacity_is_enforced_and_slots_are_reused() {
+        let mut index = ShardIndex::default();
+        for (i, id) in [[1u8; 16], [2; 16], [3; 16]].iter().enumerate() {
+            assert_eq!(
+                index.decide(id, &FP, 1, 1000, 500, 3),
+                Decision::Claim { slot: i as u16 }
+            );
+        }
+        assert_eq!(
+            index.decide(&[4; 16], &FP, 1, 1000, 500, 3),
+            Decision::Full { retry_after_s: 1 }
+        );
+        assert!(index.release(&[2; 16], 1));
+        assert_eq!(
+            index.decide(&[4; 16], &FP, 1, 1000, 500, 3),
+            Decision::Claim { slot: 1 }
+        );
+        // Entries written by a config with more capacity keep their slots; new ones stay below.
+        let mut shrunk = index.clone();
+        shrunk.entries.retain(|e| e.slot != 0);
+        assert_eq!(
+            shrunk.decide(&[5; 16], &FP, 1, 1000, 500, 1),
+            Decision::Full { retry_after_s: 1 }
+        );
+    }
+
+    #[test]
+    fn renew_moves_only_a_held_claim() {
+        let mut index = ShardIndex::default();
+        index.decide(&ID_A, &FP, 7, 1000, 500, 2);
+        assert!(!index.renew(&ID_A, 8, 5000));
+        assert!(index.renew(&ID_A, 7, 5000));
+        assert_eq!(index.reclaim(4999), Reclaimed::default());
+        assert_eq!(index.claim_of(&ID_A, 7).map(|e| e.time()), Some(5000));
+    }
+}

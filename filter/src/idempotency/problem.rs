@@ -1,0 +1,124 @@
+//! RFC 9457 problem details for every answer the idempotency layer gives instead of the upstream.
+//! The `type` URNs are a stable contract: clients branch on them, not on `title` or `detail`.
+
+use serde_json::json;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    KeyMissing,
+    KeyMalformed,
+    InFlight,
+    PayloadMismatch,
+    StoreFull,
+    StoreBusy,
+    BodyTooLarge,
+    /// The key completed but its response could not be kept (too large, or lost in a race).
+    ResponseNotReplayable,
+}
+
+impl Problem {
+    pub const ALL: [Problem; 8] = [
+        Problem::KeyMissing,
+        Problem::KeyMalformed,
+        Problem::InFlight,
+        Problem::PayloadMismatch,
+        Problem::StoreFull,
+        Problem::StoreBusy,
+        Problem::BodyTooLarge,
+        Problem::ResponseNotReplayable,
+    ];
+
+    pub fn type_uri(self) -> &'static str {
+        match self {
+            Problem::KeyMissing => "urn:resetguard:problem:idempotency-key-missing",
+            Problem::KeyMalformed => "urn:resetguard:problem:idempotency-key-malformed",
+            Problem::InFlight => "urn:resetguard:problem:idempotency-key-in-flight",
+            Problem::PayloadMismatch => "urn:resetguard:problem:idempotency-key-payload-mismatch",
+            Problem::StoreFull => "urn:resetguard:problem:idempotency-store-full",
+            Problem::StoreBusy => "urn:resetguard:problem:idempotency-store-busy",
+            Problem::BodyTooLarge => "urn:resetguard:problem:idempotency-body-too-large",
+            Problem::ResponseNotReplayable => {
+                "urn:resetguard:problem:idempotency-response-not-replayable"
+            }
+        }
+    }
+
+    pub fn status(self) -> u32 {
+        match self {
+            Problem::KeyMissing | Problem::KeyMalformed => 400,
+            Problem::InFlight | Problem::ResponseNotReplayable => 409,
+            Problem::PayloadMismatch => 422,
+            Problem::BodyTooLarge => 413,
+            Problem::StoreFull | Problem::StoreBusy => 503,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Problem::KeyMissing => "Idempotency-Key is missing",
+            Problem::KeyMalformed => "Idempotency-Key is malformed",
+            Problem::InFlight => "A request with this Idempotency-Key is still being processed",
+            Problem::PayloadMismatch => "Idempotency-Key reused with a different payload",
+            Problem::StoreFull => "Idempotency store is full",
+            Problem::StoreBusy => "Idempotency store is busy",
+            Problem::BodyTooLarge => "Request body too large for an idempotent request",
+            Problem::ResponseNotReplayable => {
+                "The response for this Idempotency-Key cannot be replayed"
+            }
+        }
+    }
+
+    /// The `Response.code_details` Envoy records for this local reply (no spaces allowed).
+    pub fn details(self) -> &'static str {
+        match self {
+            Problem::KeyMissing => "resetguard_idempotency_key_missing",
+            Problem::KeyMalformed => "resetguard_idempotency_key_malformed",
+            Problem::InFlight => "resetguard_idempotency_in_flight",
+            Problem::PayloadMismatch => "resetguard_idempotency_payload_mismatch",
+            Problem::StoreFull => "resetguard_idempotency_store_full",
+            Problem::StoreBusy => "resetguard_idempotency_store_busy",
+            Problem::BodyTooLarge => "resetguard_idempotency_body_too_large",
+            Problem::ResponseNotReplayable => "resetguard_idempotency_not_replayable",
+        }
+    }
+
+    /// The `application/problem+json` body.
+    pub fn body(self, detail: &str) -> Vec<u8> {
+        json!({
+            "type": self.type_uri(),
+            "title": self.title(),
+            "status": self.status(),
+            "detail": detail,
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_rfc9457_with_stable_types() {
+        for p in Problem::ALL {
+            let v: serde_json::Value = serde_json::from_slice(&p.body("why \"quoted\"")).unwrap();
+            assert_eq!(v["type"], p.type_uri());
+            assert!(p
+                .type_uri()
+                .starts_with("urn:resetguard:problem:idempotency-"));
+            assert_eq!(v["status"], p.status());
+            assert_eq!(v["title"], p.title());
+            assert_eq!(v["detail"], "why \"quoted\"");
+            assert!(!p.details().contains(' '));
+        }
+        assert_eq!(Problem::KeyMissing.status(), 400);
+        assert_eq!(Problem::InFlight.status(), 409);
+        assert_eq!(Problem::PayloadMismatch.status(), 422);
+        let mut types: Vec<_> = Problem::ALL.iter().map(|p| p.type_uri()).collect();
+        types.dedup();
+        assert_eq!(types.len(), Problem::ALL.len());
+    }
+}

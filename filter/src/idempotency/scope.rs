@@ -1,0 +1,174 @@
+//! Which requests must carry a key, and the scoped identity and payload fingerprint of a keyed
+//! request. Scope header values (credentials, typically) only ever enter a keyed hash.
+
+use super::index::{Fingerprint, Identity};
+use super::siphash::Sip128;
+use crate::config::IdempotencyConfig;
+
+/// The request fields the idempotency layer reads, all from the one header-map read.
+#[derive(Clone, Debug, Default)]
+pub struct RequestHead<'a> {
+    pub method: &'a [u8],
+    pub path: &'a [u8],
+    pub authority: &'a [u8],
+    /// Every value of the key header (more than one is malformed).
+    pub key_values: Vec<&'a [u8]>,
+    /// (scope header index in the config, value), in request order.
+    pub scope_values: Vec<(usize, &'a [u8])>,
+}
+
+#[derive(Clone, Debug)]
+pub struct KeyScope {
+    methods: Vec<Vec<u8>>,
+    prefixes: Vec<Vec<u8>>,
+    pub header: Vec<u8>,
+    pub scope_headers: Vec<Vec<u8>>,
+}
+
+impl KeyScope {
+    pub fn new(config: &IdempotencyConfig) -> KeyScope {
+        KeyScope {
+            methods: config
+                .required_methods
+                .iter()
+                .map(|m| m.as_bytes().to_vec())
+                .collect(),
+            prefixes: config
+                .path_prefixes
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
+            header: config.header.as_bytes().to_vec(),
+            scope_headers: config
+                .scope_headers
+                .iter()
+                .map(|h| h.as_bytes().to_vec())
+                .collect(),
+        }
+    }
+
+    /// Whether a request must carry a key: its method is listed and its path is under a prefix.
+    pub fn requires_key(&self, method: &[u8], path: &[u8]) -> bool {
+        self.methods.iter().any(|m| m == method)
+            && (self.prefixes.is_empty() || self.prefixes.iter().any(|p| path.starts_with(p)))
+    }
+
+    /// Collects one header of the request if the idempotency layer cares about it.
+    pub fn observe<'a>(&self, head: &mut RequestHead<'a>, name: &[u8], value: &'a [u8]) {
+        if name == self.header.as_slice() {
+            head.key_values.push(value);
+        } else if let Some(i) = self.scope_headers.iter().position(|h| h == name) {
+            head.scope_values.push((i, value));
+        }
+    }
+}
+
+/// The stored identity: a keyed hash of (scope header values, authority, method, path, key), so a
+/// key only ever matches within one client and one resource.
+pub fn identity(
+    seed: &[u8; 16],
+    head: &RequestHead<'_>,
+    key: &[u8],
+    scope_headers: usize,
+) -> Identity {
+    let mut h = Sip128::new(seed);
+    h.write_field(b"resetguard identity v1");
+    for i in 0..scope_headers {
+        let values: Vec<&[u8]> = head
+            .scope_values
+            .iter()
+            .filter(|(at, _)| *at == i)
+            .map(|(_, v)| *v)
+            .collect();
+        h.write_field(&(values.len() as u64).to_le_bytes());
+        for v in values {
+            h.write_field(v);
+        }
+    }
+    h.write_field(head.authority);
+    h.write_field(head.method);
+    h.write_field(head.path);
+    h.write_field(key);
+    h.finish()
+}
+
+/// The payload fingerprint: a keyed hash of the request body.
+pub fn fingerprint(seed: &[u8; 16], body: &[u8]) -> Fingerprint {
+    let mut h = Sip128::new(seed);
+    h.write_field(b"resetguard fingerprint v1");
+    h.write(body);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn scope(json: &str) -> KeyScope {
+        KeyScope::new(&Config::parse(json.as_bytes()).unwrap().idempotency)
+    }
+
+    #[test]
+    fn methods_and_prefixes_select_requests() {
+        let all = scope(r#"{"idempotency": {}}"#);
+        assert!(all.requires_key(b"POST", b"/anything?x=1"));
+        assert!(!all.requires_key(b"GET", b"/anything"));
+        assert!(!all.requires_key(b"post", b"/anything"));
+        let some = scope(
+            r#"{"idempotency": {"required_methods": ["POST", "PATCH"], "path_prefixes": ["/pay", "/orders/"]}}"#,
+        );
+        assert!(some.requires_key(b"PATCH", b"/orders/1"));
+        assert!(some.requires_key(b"POST", b"/payments"));
+        assert!(!some.requires_key(b"POST", b"/order"));
+        assert!(!some.requires_key(b"POST", b"/"));
+    }
+
+    fn head<'a>(s: &KeyScope, headers: &[(&'a str, &'a str)]) -> RequestHead<'a> {
+        let mut head = RequestHead {
+            method: b"POST",
+            path: b"/orders",
+            authority: b"api.example",
+            ..RequestHead::default()
+        };
+        for (n, v) in headers {
+            s.observe(&mut head, n.as_bytes(), v.as_bytes());
+        }
+        head
+    }
+
+    #[test]
+    fn identity_is_scoped_to_client_and_resource() {
+        let s = scope(r#"{"idempotency": {"scope_headers": ["authorization", "x-tenant"]}}"#);
+        let seed = [7u8; 16];
+        let alice = head(
+            &s,
+            &[("authorization", "Bearer alice"), ("idempotency-key", "k")],
+        );
+        let bob = head(&s, &[("authorization", "Bearer bob")]);
+        assert_eq!(alice.key_values, vec![&b"k"[..]]);
+        let id = |h: &RequestHead<'_>, key: &[u8]| identity(&seed, h, key, 2);
+        assert_eq!(id(&alice, b"k"), id(&alice.clone(), b"k"));
+        assert_ne!(id(&alice, b"k"), id(&bob, b"k"));
+        assert_ne!(id(&alice, b"k"), id(&alice, b"k2"));
+        assert_ne!(
+            id(&alice, b"k"),
+            identity(&[8u8; 16], &alice, b"k", 2),
+            "seeded"
+        );
+        let other_path = RequestHead {
+            path: b"/orders/2",
+            ..alice.clone()
+        };
+        assert_ne!(id(&alice, b"k"), id(&other_path, b"k"));
+        let other_host = RequestHead {
+            authority: b"evil.example",
+            ..alice.clone()
+        };
+        assert_ne!(id(&alice, b"k"), id(&other_host, b"k"));
+        // The same value under another scope header is another client.
+        let tenant = head(&s, &[("x-tenant", "Bearer alice")]);
+        assert_ne!(id(&alice, b"k"), id(&tenant, b"k"));
+        assert_ne!(fingerprint(&seed, b"{}"), fingerprint(&seed, b"{ }"));
+    }
+}

@@ -1,0 +1,259 @@
+//! Turns what the key check and the store said into what happens to the request, per `mode` and
+//! `when_full`, and which counters record it. In report mode nothing is ever rejected or replayed:
+//! the request proceeds and `report_only` counts what enforce mode would have done.
+
+use super::key::KeyError;
+use super::problem::Problem;
+use super::recorded::RecordedResponse;
+use super::store::{Claim, StoreError, Ticket};
+use crate::config::{IdempotencyMode, WhenFull};
+use crate::metrics::Counter;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the request upstream; with a ticket when it owns its key.
+    Proceed(Option<Ticket>),
+    Reject {
+        problem: Problem,
+        detail: String,
+        retry_after_s: Option<u32>,
+    },
+    Replay(RecordedResponse),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub counters: Vec<Counter>,
+}
+
+#[derive(Copy, Clone, Debug)]
+pub struct Rules {
+    pub mode: IdempotencyMode,
+    pub when_full: WhenFull,
+}
+
+impl Rules {
+    fn enforce(&self, verdict: Verdict, mut counters: Vec<Counter>) -> Judgement {
+        match (self.mode, &verdict) {
+            (IdempotencyMode::Report, Verdict::Reject { .. } | Verdict::Replay(_)) => {
+                counters.push(Counter::IdemReportOnly);
+                Judgement {
+                    verdict: Verdict::Proceed(None),
+                    counters,
+                }
+            }
+            _ => Judgement { verdict, counters },
+        }
+    }
+
+    pub fn key_error(&self, error: KeyError, header: &str, max_length: usize) -> Judgement {
+        let (problem, counter, detail) = match error {
+            KeyError::Missing => (
+                Problem::KeyMissing,
+                Counter::IdemMissing,
+                format!("this request must carry an {header} header"),
+            ),
+            KeyError::Malformed(why) => (
+                Problem::KeyMalformed,
+                Counter::IdemMalformed,
+                format!(
+                    "{header} must be a quoted string or a token of 1 to {max_length} visible \
+                     ASCII characters: {why}"
+                ),
+            ),
+        };
+        self.enforce(reject(problem, detail, None), vec![counter])
+    }
+
+    pub fn body_too_large(&self, limit: usize) -> Judgement {
+        self.enforce(
+            reject(
+                Problem::BodyTooLarge,
+                format!("a keyed request body may be at most {limit} bytes"),
+                None,
+            ),
+            vec![Counter::IdemBodyTooLarge],
+        )
+    }
+
+    /// The store could not take the claim (full, contended or failing): `when_full` decides.
+    fn store_cannot_claim(
+        &self,
+        problem: Problem,
+        detail: &str,
+        retry_after_s: u32,
+        counter: Counter,
+    ) -> Judgement {
+        match self.when_full {
+            WhenFull::Reject => self.enforce(
+                reject(problem, detail.to_string(), Some(retry_after_s)),
+                vec![counter],
+            ),
+            WhenFull::PassThrough => Judgement {
+                verdict: Verdict::Proceed(None),
+                counters: vec![counter],
+            },
+        }
+    }
+
+    pub fn store_error(&self, _error: StoreError) -> Judgement {
+        self.store_cannot_claim(
+            Problem::StoreBusy,
+            "the idempotency store is unavailable; retry later",
+            1,
+            Counter::IdemStoreErrors,
+        )
+    }
+
+    pub fn claim(&self, claim: Claim) -> Judgement {
+        match claim {
+            Claim::Claimed(ticket) => Judgement {
+                verdict: Verdict::Proceed(Some(ticket)),
+                counters: vec![Counter::IdemClaimed],
+            },
+            Claim::InFlight => self.enforce(
+                reject(
+                    Problem::InFlight,
+                    "a request with this key is still being processed; retry after it completes"
+                        .to_string(),
+                    Some(1),
+                ),
+                vec![Counter::IdemInFlightConflicts],
+            ),
+            Claim::PayloadMismatch => self.enforce(
+                reject(
+                    Problem::PayloadMismatch,
+                    "this key was used with a different request body; use a new key".to_string(),
+                    None,
+                ),
+                vec![Counter::IdemPayloadMismatches],
+            ),
+            Claim::Replay(response) => {
+                self.enforce(Verdict::Replay(response), vec![Counter::IdemReplays])
+            }
+            Claim::NotReplayable { status } => self.enforce(
+                reject(
+                    Problem::ResponseNotReplayable,
+                    format!(
+                        "the request with this key was already executed (upstream status \
+                         {status}) but its response was too large to keep; it will not be \
+                         executed again"
+                    ),
+                    None,
+                ),
+                vec![Counter::IdemNotReplayable],
+            ),
+            Claim::Full { retry_after_s } => self.store_cannot_claim(
+                Problem::StoreFull,
+                "the idempotency store is full; retry later",
+                retry_after_s,
+                Counter::IdemStoreFull,
+            ),
+            Claim::Busy => self.store_cannot_claim(
+                Problem::StoreBusy,
+                "the idempotency store is busy; retry shortly",
+                1,
+                Counter::IdemStoreContention,
+            ),
+        }
+    }
+}
+
+fn reject(problem: Problem, detail: String, retry_after_s: Option<u32>) -> Verdict {
+    Verdict::Reject {
+        problem,
+        detail,
+        retry_after_s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENFORCE: Rules = Rules {
+        mode: IdempotencyMode::Enforce,
+        when_full: WhenFull::Reject,
+    };
+    const REPORT: Rules = Rules {
+        mode: IdempotencyMode::Report,
+        when_full: WhenFull::Reject,
+    };
+
+    fn problem(j: &Judgement) -> Option<(Problem, Option<u32>)> {
+        match &j.verdict {
+            Verdict::Reject {
+                problem,
+                retry_after_s,
+                ..
+            } => Some((*problem, *retry_after_s)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn enforce_mode_answers_each_case() {
+        let j = ENFORCE.key_error(KeyError::Missing, "Idempotency-Key", 255);
+        assert_eq!(problem(&j), Some((Problem::KeyMissing, None)));
+        assert_eq!(j.counters, [Counter::IdemMissing]);
+        let j = ENFORCE.key_error(KeyError::Malformed("x"), "Idempotency-Key", 255);
+        assert_eq!(problem(&j), Some((Problem::KeyMalformed, None)));
+        assert_eq!(
+            problem(&ENFORCE.claim(Claim::InFlight)),
+            Some((Problem::InFlight, Some(1)))
+        );
+        assert_eq!(
+            problem(&ENFORCE.claim(Claim::PayloadMismatch)),
+            Some((Problem::PayloadMismatch, None))
+        );
+        assert_eq!(
+            problem(&ENFORCE.claim(Claim::Full { retry_after_s: 7 })),
+            Some((Problem::StoreFull, Some(7)))
+        );
+        assert_eq!(
+            problem(&ENFORCE.claim(Claim::Busy)),
+            Some((Problem::StoreBusy, Some(1)))
+        );
+        assert_eq!(
+            problem(&ENFORCE.body_too_large(10)),
+            Some((Problem::BodyTooLarge, None))
+        );
+        let replay = ENFORCE.claim(Claim::Replay(RecordedResponse::default()));
+        assert!(matches!(replay.verdict, Verdict::Replay(_)));
+        assert_eq!(replay.counters, [Counter::IdemReplays]);
+    }
+
+    #[test]
+    fn report_mode_never_interferes_but_counts() {
+        for j in [
+            REPORT.key_error(KeyError::Missing, "Idempotency-Key", 255),
+            REPORT.claim(Claim::InFlight),
+            REPORT.claim(Claim::PayloadMismatch),
+            REPORT.claim(Claim::Replay(RecordedResponse::default())),
+            REPORT.claim(Claim::Full { retry_after_s: 1 }),
+            REPORT.body_too_large(1),
+        ] {
+            assert_eq!(j.verdict, Verdict::Proceed(None));
+            assert_eq!(j.counters.last(), Some(&Counter::IdemReportOnly), "{j:?}");
+        }
+    }
+
+    #[test]
+    fn pass_through_when_full_sends_unprotected() {
+        let rules = Rules {
+            mode: IdempotencyMode::Enforce,
+            when_full: WhenFull::PassThrough,
+        };
+        let j = rules.claim(Claim::Full { retry_after_s: 3 });
+        assert_eq!(j.verdict, Verdict::Proceed(None));
+        assert_eq!(j.counters, [Counter::IdemStoreFull]);
+        assert_eq!(rules.claim(Claim::Busy).verdict, Verdict::Proceed(None));
+        assert_eq!(
+            rules.store_error(StoreError::NotInitialized).verdict,
+            Verdict::Proceed(None)
+        );
+        // Conflicts are not capacity problems: still rejected.
+        assert!(problem(&rules.claim(Claim::InFlight)).is_some());
+    }
+}
