@@ -24,8 +24,10 @@ def probe(capability: str) -> tuple:
     out = (res.stdout + res.stderr).splitlines()
     line = next((l for l in out if "resetguard" in l and capability in l), None)
     line = line or next((l for l in out if "[error]" in l or "[critical]" in l), "(no error line)")
+    i = line.find("resetguard: ")
+    detail = line[i:] if i >= 0 else line.strip()[-220:]
     return False, (f"the filter rejects the `{capability}` config section "
-                   f"(envoy --mode validate: {line.strip()[-220:]})")
+                   f"(envoy --mode validate says: {detail.strip()})")
 
 
 def skip_unless(capability: str):
