@@ -1,0 +1,100 @@
+//! `proxy_http_call`: validation, and the replies Envoy's async client produces for each cluster
+//! behaviour (measured on Envoy 1.40: resets and refusals become synthetic 503s, a timeout 504).
+
+use crate::abi::Pairs;
+
+/// How a callout cluster behaves; clusters not registered on the host do not exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterBehaviour {
+    Respond {
+        status: u16,
+        headers: Pairs,
+        body: Vec<u8>,
+        delay_ms: u64,
+    },
+    /// The connection resets before response headers.
+    Reset,
+    /// Nothing listens on the cluster's port.
+    Refuse,
+    /// Never answers (the call's timeout fires).
+    Hang,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CalloutReply {
+    pub headers: Pairs,
+    pub body: Vec<u8>,
+    pub trailers: Pairs,
+}
+
+/// A dispatched call waiting for its reply.
+#[derive(Clone, Debug)]
+pub struct Callout {
+    pub token: u32,
+    pub context: u32,
+    pub cluster: String,
+    pub request_headers: Pairs,
+    pub request_body: Vec<u8>,
+    pub due_ns: u64,
+    pub reply: CalloutReply,
+}
+
+pub const RESET_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+pub const REFUSED_BODY: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+pub const TIMEOUT_BODY: &str = "upstream request timeout";
+
+fn synthetic(status: u16, body: &str) -> CalloutReply {
+    CalloutReply {
+        headers: vec![
+            (b":status".to_vec(), status.to_string().into_bytes()),
+            (
+                b"content-length".to_vec(),
+                body.len().to_string().into_bytes(),
+            ),
+            (b"content-type".to_vec(), b"text/plain".to_vec()),
+        ],
+        body: body.as_bytes().to_vec(),
+        trailers: Vec::new(),
+    }
+}
+
+/// Whether a callout's headers are complete enough for Envoy (`:method`, `:path`, `:authority`).
+pub fn headers_valid(headers: &Pairs) -> bool {
+    [&b":method"[..], b":path", b":authority"]
+        .iter()
+        .all(|name| headers.iter().any(|(k, v)| k == name && !v.is_empty()))
+}
+
+/// The reply and after how many ms it arrives.
+pub fn reply_for(behaviour: &ClusterBehaviour, timeout_ms: u64) -> (CalloutReply, u64) {
+    match behaviour {
+        ClusterBehaviour::Respond {
+            status,
+            headers,
+            body,
+            delay_ms,
+        } if *delay_ms <= timeout_ms => {
+            let mut all = vec![(b":status".to_vec(), status.to_string().into_bytes())];
+            all.extend(headers.iter().cloned());
+            all.push((
+                b"x-envoy-upstream-service-time".to_vec(),
+                delay_ms.to_string().into_bytes(),
+            ));
+            (
+                CalloutReply {
+                    headers: all,
+                    body: body.clone(),
+                    trailers: Vec::new(),
+                },
+                *delay_ms,
+            )
+        }
+        ClusterBehaviour::Respond { .. } | ClusterBehaviour::Hang => {
+            (synthetic(504, TIMEOUT_BODY), timeout_ms)
+        }
+        ClusterBehaviour::Reset => (synthetic(503, RESET_BODY), 0),
+        ClusterBehaviour::Refuse => (synthetic(503, REFUSED_BODY), 0),
+    }
+}

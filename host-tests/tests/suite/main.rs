@@ -1,0 +1,4 @@
+//! The host-tests suite: one test binary so the filter is compiled once per run.
+
+mod common;
+mod smoke;
