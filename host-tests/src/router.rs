@@ -180,6 +180,7 @@ fn local(status: u16, body: &str, flags: u64, details: &str) -> Delivered {
     Delivered {
         status,
         headers: vec![
+            (b":status".to_vec(), status.to_string().into_bytes()),
             (
                 b"content-length".to_vec(),
                 body.len().to_string().into_bytes(),

@@ -129,6 +129,17 @@ impl Vm {
         Ok(self.call_raw(name, &args)?.and_then(|v| v.i32()))
     }
 
+    /// Copies bytes out of the module's memory (for host self-tests).
+    pub fn read_memory(&mut self, ptr: u32, len: u32) -> Vec<u8> {
+        let Some(memory) = self.instance.get_memory(&mut self.store, "memory") else {
+            return Vec::new();
+        };
+        let data = memory.data(&self.store);
+        data.get(ptr as usize..(ptr + len) as usize)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Calls a callback that returns a bool-like i32 and answers whether it was non-zero.
     pub fn call_bool(&mut self, context: u32, name: &str, args: &[i32]) -> VmResult<bool> {
         Ok(self.call(context, name, args)?.unwrap_or(1) != 0)

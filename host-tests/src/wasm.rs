@@ -62,7 +62,7 @@ fn check_fresh(path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     match newest_source(&filter.join("src")) {
         Some(src) if src > built => Err(format!(
-            "{} is older than filter/src: rebuild it with `{BUILD_COMMAND}` (or run scripts/test)",
+            "{} is older than filter/src: rebuild it with `{BUILD_COMMAND}`",
             path.display()
         )),
         _ => Ok(()),
