@@ -1,0 +1,119 @@
+//! How a stream ended, as the filter classifies it, and the log lines and filter state it leaves.
+
+use crate::common::*;
+use host_tests::{LogLevel, Profile, Request, UpstreamAction};
+
+fn counters(host: &host_tests::Host) -> [i64; 5] {
+    [
+        "completed",
+        "client_abort",
+        "upstream_reset",
+        "truncated",
+        "incomplete",
+    ]
+    .map(|o| host.metric(&format!("resetguard.outcome.{o}")).unwrap_or(0))
+}
+
+fn slow(ms: u64) -> UpstreamAction {
+    UpstreamAction::Respond {
+        status: 200,
+        headers: vec![],
+        body: b"late".to_vec(),
+        delay_ms: ms,
+    }
+}
+
+#[test]
+fn outcomes_are_classified_from_envoy_stream_info() {
+    let mut host = envoy();
+    host.exchange(Request::get("/"));
+    assert_eq!(counters(&host), [1, 0, 0, 0, 0]);
+
+    let x = host.exchange(Request::get("/").upstream(vec![slow(200)]).abort_after(50));
+    assert!(x.client_aborted);
+    assert_eq!(counters(&host), [1, 1, 0, 0, 0]);
+    assert_eq!(
+        x.filter_state
+            .get("wasm.resetguard_outcome")
+            .map(Vec::as_slice),
+        Some(&b"client_abort"[..])
+    );
+
+    let x =
+        host.exchange(Request::post("/", "b").upstream(vec![UpstreamAction::ResetBeforeHeaders]));
+    assert_eq!(x.status, Some(503));
+    assert_eq!(counters(&host), [1, 1, 1, 0, 0]);
+
+    let x = host.exchange(
+        Request::get("/").upstream(vec![UpstreamAction::ResetMidBody {
+            status: 200,
+            headers: vec![],
+            body_prefix: b"half".to_vec(),
+        }]),
+    );
+    assert!(!x.complete);
+    assert_eq!(counters(&host), [1, 1, 1, 1, 0]);
+
+    // An upstream's own 503 is a completed exchange, not a reset.
+    let own = UpstreamAction::Respond {
+        status: 503,
+        headers: vec![],
+        body: vec![],
+        delay_ms: 0,
+    };
+    host.exchange(Request::post("/", "b").upstream(vec![own]));
+    assert_eq!(counters(&host), [2, 1, 1, 1, 0]);
+    let info = host.logs_at(LogLevel::Info);
+    assert!(
+        info.iter().any(|l| l.contains("client_abort GET /")),
+        "{info:?}"
+    );
+    assert!(
+        info.iter().any(|l| l.contains("upstream_reset POST /")),
+        "{info:?}"
+    );
+    assert!(
+        host.logs_at(LogLevel::Warn).is_empty(),
+        "aborts and resets are not warnings"
+    );
+}
+
+#[test]
+fn an_abort_while_retrying_is_still_a_client_abort() {
+    let mut host = envoy();
+    let plan = vec![UpstreamAction::ResetBeforeHeaders, slow(500)];
+    let x = host.exchange(Request::get("/").upstream(plan).abort_after(100));
+    assert!(x.client_aborted);
+    assert_eq!(x.upstream_attempts(), 2);
+    assert_eq!(counters(&host), [0, 1, 0, 0, 0]);
+}
+
+#[test]
+fn abort_logging_follows_the_config() {
+    let mut host = host(
+        Profile::Envoy,
+        r#"{"client_abort": {"log_level": "off", "filter_state": false}}"#,
+    );
+    let x = host.exchange(Request::get("/").upstream(vec![slow(100)]).abort_after(1));
+    assert!(x.filter_state.is_empty());
+    assert!(!host
+        .logs()
+        .iter()
+        .any(|l| l.message.contains("client_abort")));
+    assert_eq!(counters(&host), [0, 1, 0, 0, 0]);
+}
+
+#[test]
+fn without_response_flags_unclean_ends_are_incomplete_not_guessed() {
+    for profile in [Profile::Kong, Profile::Apisix] {
+        let mut h = host(profile, "");
+        let x = h.exchange(Request::get("/").upstream(vec![slow(100)]).abort_after(1));
+        assert!(x.client_aborted);
+        h.exchange(Request::get("/"));
+        assert_eq!(
+            h.metric("resetguard.outcome.incomplete"),
+            None,
+            "{profile:?}: no metrics at all"
+        );
+    }
+}
