@@ -8,3 +8,5 @@ mod host_abi;
 mod host_envoy;
 mod smoke;
 mod wat;
+mod filter_robust;
+mod fuzz;
