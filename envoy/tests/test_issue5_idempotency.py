@@ -61,7 +61,7 @@ def _post(envoy, path, key, body=b'{"amount":10}', auth="Bearer alice", extra=No
     if key is not None:
         headers[KEY_HEADER] = key
     headers.update(extra or {})
-    return client.request(envoy.port, "POST", path, headers, body)
+    return client.request(envoy.port, "POST", path, headers, body, timeout=10)
 
 
 def _is_problem(r, status):
