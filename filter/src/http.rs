@@ -1,7 +1,10 @@
-//! The per-stream glue: arms router retries on the request, and classifies how the stream ended.
+//! The per-stream glue: arms router retries on the request, hands keyed requests to the
+//! idempotency layer, and classifies how the stream ended.
 
 use crate::config::AbortLogLevel;
 use crate::host::{self, MapType};
+use crate::idempotency::scope::RequestHead;
+use crate::keyed_stream::{self, KeyedStream, Target};
 use crate::metrics::Counter;
 use crate::outcome::{self, Outcome, ResponseSeen};
 use crate::retry_policy::{is_client_retry_control, RetrySafety};
@@ -15,6 +18,8 @@ pub struct HttpFilter {
     method: Vec<u8>,
     path: Vec<u8>,
     response: ResponseSeen,
+    /// Only for requests the idempotency layer dedupes; unkeyed requests never allocate it.
+    keyed: Option<Box<KeyedStream>>,
 }
 
 impl HttpFilter {
@@ -24,24 +29,36 @@ impl HttpFilter {
             method: Vec::new(),
             path: Vec::new(),
             response: ResponseSeen::default(),
+            keyed: None,
         }
     }
 
-    fn arm_retries(&mut self, shared: &Shared) {
+    fn target(&self) -> Target<'_> {
+        Target {
+            method: &self.method,
+            path: &self.path,
+        }
+    }
+
+    /// One read of the request headers serves retry arming and the idempotency check.
+    fn on_request_headers(&mut self, shared: &Shared, end_of_stream: bool) -> Action {
         let pairs = match host::header_pairs(MapType::RequestHeaders) {
             Ok(pairs) => pairs,
             Err(e) => {
                 // Fail open: the request goes on unarmed rather than failing.
                 shared.metrics.inc(Counter::HostErrors);
                 log::debug!("resetguard: request headers unavailable ({e}); passing through");
-                return;
+                return Action::Continue;
             }
         };
+        let idempotency = shared.idempotency.as_ref();
+        let mut head = RequestHead::default();
         let mut client_controls = false;
         for (name, value) in &pairs {
             match name.as_slice() {
-                b":method" => self.method.clone_from(value),
-                b":path" => self.path.clone_from(value),
+                b":method" => head.method = value,
+                b":path" => head.path = value,
+                b":authority" => head.authority = value,
                 _ if is_client_retry_control(name) => {
                     client_controls = true;
                     if !shared.config.retry.trust_client_retry_headers {
@@ -51,16 +68,37 @@ impl HttpFilter {
                         }
                     }
                 }
-                _ => {}
+                _ => {
+                    if let Some(idem) = idempotency {
+                        idem.scope.observe(&mut head, name, value);
+                    }
+                }
             }
         }
+        self.method = head.method.to_vec();
+        self.path = head.path.to_vec();
+
+        let mut safety = shared.retry.safety_of_method(&self.method);
+        let mut action = Action::Continue;
+        if let Some(idem) = idempotency.filter(|i| i.scope.requires_key(head.method, head.path)) {
+            let check = keyed_stream::check(idem, &head, end_of_stream, &shared.metrics);
+            if check.valid_key && idem.config.retry_keyed_requests && safety == RetrySafety::Unsafe
+            {
+                safety = RetrySafety::KeyedIdempotent;
+            }
+            self.keyed = check.stream.map(Box::new);
+            action = check.action;
+        }
+        self.arm_retries(shared, safety, client_controls);
+        action
+    }
+
+    fn arm_retries(&self, shared: &Shared, safety: RetrySafety, client_controls: bool) {
         let trusted_client_steers =
             client_controls && shared.config.retry.trust_client_retry_headers;
         if client_controls && !trusted_client_steers {
             shared.metrics.inc(Counter::ClientRetryHeadersStripped);
         }
-
-        let safety = shared.retry.safety_of_method(&self.method);
         let (class, armed) = match safety {
             RetrySafety::Idempotent | RetrySafety::KeyedIdempotent => {
                 (Counter::RequestsIdempotent, Counter::RetryArmedFull)
@@ -139,11 +177,41 @@ impl HttpFilter {
 impl Context for HttpFilter {}
 
 impl HttpContext for HttpFilter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(shared) = self.shared.clone() {
-            self.arm_retries(&shared);
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        match self.shared.clone() {
+            Some(shared) => self.on_request_headers(&shared, end_of_stream),
+            None => Action::Continue,
         }
-        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(shared), Some(mut keyed)) = (self.shared.clone(), self.keyed.take()) else {
+            return Action::Continue;
+        };
+        let action = match &shared.idempotency {
+            Some(idem) => keyed.on_request_body(
+                idem,
+                body_size,
+                end_of_stream,
+                &shared.metrics,
+                self.target(),
+            ),
+            None => Action::Continue,
+        };
+        self.keyed = Some(keyed);
+        action
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let (Some(shared), Some(mut keyed)) = (self.shared.clone(), self.keyed.take()) else {
+            return Action::Continue;
+        };
+        let action = match &shared.idempotency {
+            Some(idem) => keyed.on_request_trailers(idem, &shared.metrics, self.target()),
+            None => Action::Continue,
+        };
+        self.keyed = Some(keyed);
+        action
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -152,11 +220,19 @@ impl HttpContext for HttpFilter {
         if let Ok(Some(raw)) = host::header(MapType::ResponseHeaders, ":status") {
             self.response.status = outcome::parse_status(&raw);
         }
+        if let (Some(keyed), Some(shared)) = (self.keyed.as_mut(), self.shared.as_ref()) {
+            keyed.on_response_headers(self.response.status, &shared.metrics);
+        }
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.response.ended |= end_of_stream;
+        if let (Some(keyed), Some(shared)) = (self.keyed.as_mut(), self.shared.as_ref()) {
+            if let Some(idem) = &shared.idempotency {
+                keyed.on_response_body(idem, body_size);
+            }
+        }
         Action::Continue
     }
 
@@ -167,6 +243,9 @@ impl HttpContext for HttpFilter {
 
     fn on_log(&mut self) {
         if let Some(shared) = self.shared.clone() {
+            if let (Some(keyed), Some(idem)) = (self.keyed.as_mut(), &shared.idempotency) {
+                keyed.on_log(idem, self.response.ended, &shared.metrics);
+            }
             self.report_outcome(&shared);
         }
     }

@@ -7,6 +7,8 @@ pub mod config;
 pub mod host;
 mod http;
 pub mod idempotency;
+mod keyed_stream;
+mod local_response;
 mod logger;
 pub mod metrics;
 pub mod outcome;

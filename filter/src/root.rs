@@ -1,8 +1,11 @@
 //! The root context: validates the plugin configuration and hands it to every HTTP stream.
 
-use crate::config::Config;
+use crate::config::{Config, IdempotencyConfig};
 use crate::host::{self, BufferType};
 use crate::http::HttpFilter;
+use crate::idempotency::shared_kv::HostKv;
+use crate::idempotency::store::{ShardedStore, SEED_LEN};
+use crate::idempotency::{self, Idempotency};
 use crate::logger;
 use crate::metrics::{Counter, Metrics};
 use crate::retry_policy::RetryPolicy;
@@ -15,6 +18,8 @@ pub struct Shared {
     pub config: Config,
     pub retry: RetryPolicy,
     pub metrics: Metrics,
+    /// `None` unless the `idempotency` section enables it.
+    pub idempotency: Option<Idempotency>,
 }
 
 #[derive(Default)]
@@ -77,11 +82,24 @@ impl RootContext for Root {
                 .collect::<Vec<_>>(),
             config.retry.idempotent_methods,
         );
+        let idempotency = if config.idempotency.enabled {
+            match open_idempotency(&config.idempotency) {
+                Ok(idempotency) => Some(idempotency),
+                Err(e) => {
+                    log::error!("resetguard: {e}");
+                    metrics.inc(Counter::ConfigRejected);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
         let retry = RetryPolicy::new(&config.retry);
         self.shared = Some(Rc::new(Shared {
             config,
             retry,
             metrics: metrics.clone(),
+            idempotency,
         }));
         true
     }
@@ -93,5 +111,57 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Opens the shared store (creating its seed and shards before any traffic) and logs one line
+/// describing the idempotency setup. Fails only when `require_store` is set and there is no store.
+fn open_idempotency(config: &IdempotencyConfig) -> Result<Idempotency, String> {
+    let store = ShardedStore::new(HostKv, idempotency::store_limits(config));
+    let mut seed = [0u8; SEED_LEN];
+    let opened = getrandom::fill(&mut seed)
+        .map_err(|e| format!("no random source ({e})"))
+        .and_then(|()| {
+            store
+                .init(seed)
+                .map_err(|e| format!("shared data unavailable ({e:?})"))
+        });
+    let summary = format!(
+        "mode={:?} methods={:?} path_prefixes={:?} header={} scope_headers={:?} \
+         retry_keyed_requests={}",
+        config.mode,
+        config.required_methods,
+        config.path_prefixes,
+        config.header,
+        config.scope_headers,
+        config.retry_keyed_requests,
+    );
+    match opened {
+        Ok(_) => {
+            log::info!(
+                "resetguard: idempotency on: {summary} store=shared data ({} shards x {} \
+                 entries, ttl={}s, lock_timeout={}ms, max_request_body={}B, \
+                 max_response_body={}B, when_full={:?})",
+                config.shards,
+                config.entries_per_shard(),
+                config.ttl_seconds,
+                config.lock_timeout_ms,
+                config.max_request_body_bytes,
+                config.max_response_body_bytes,
+                config.when_full,
+            );
+            Ok(Idempotency::new(config.clone(), Some(Box::new(store))))
+        }
+        Err(why) if config.require_store => Err(format!(
+            "invalid plugin configuration at `idempotency.require_store`: dedupe needs a store, \
+             and this host has none: {why}"
+        )),
+        Err(why) => {
+            log::info!(
+                "resetguard: idempotency on: {summary} store=unavailable: {why}; keys are \
+                 checked (400) but requests are not deduped or replayed (no 409/422)"
+            );
+            Ok(Idempotency::new(config.clone(), None))
+        }
     }
 }

@@ -22,7 +22,8 @@ pub struct RecordedResponse {
 }
 
 /// Headers that describe one hop or one framing, not the response: never stored or replayed.
-/// `content-length` and `transfer-encoding` are recomputed by the proxy for the replay.
+/// `content-length` and `transfer-encoding` are recomputed by the proxy for the replay, and the
+/// proxy's own `x-envoy-*` annotations (e.g. upstream service time) describe the original trip.
 pub fn is_stored_header(name: &[u8]) -> bool {
     const DROPPED: [&[u8]; 10] = [
         b"connection",
@@ -36,7 +37,12 @@ pub fn is_stored_header(name: &[u8]) -> bool {
         b"upgrade",
         b"content-length",
     ];
-    !name.starts_with(b":") && !DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
+    let proxy_annotation = name
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"x-envoy-"));
+    !name.starts_with(b":")
+        && !proxy_annotation
+        && !DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
 }
 
 /// Names a response's `Connection` header marks as hop-by-hop (lower-cased).
@@ -164,6 +170,7 @@ mod tests {
                 ("transfer-encoding", "chunked"),
                 ("connection", "keep-alive, X-Hop"),
                 ("x-hop", "1"),
+                ("x-envoy-upstream-service-time", "3"),
                 ("keep-alive", "timeout=5"),
                 ("location", "/orders/1"),
                 ("set-cookie", "a=1"),

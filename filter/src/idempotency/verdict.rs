@@ -25,6 +25,8 @@ pub enum Verdict {
 pub struct Judgement {
     pub verdict: Verdict,
     pub counters: Vec<Counter>,
+    /// In report mode, what enforce mode would have answered (a problem type, or "replay").
+    pub would_have: Option<&'static str>,
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -38,12 +40,21 @@ impl Rules {
         match (self.mode, &verdict) {
             (IdempotencyMode::Report, Verdict::Reject { .. } | Verdict::Replay(_)) => {
                 counters.push(Counter::IdemReportOnly);
+                let would_have = match &verdict {
+                    Verdict::Reject { problem, .. } => problem.type_uri(),
+                    _ => "replay",
+                };
                 Judgement {
                     verdict: Verdict::Proceed(None),
                     counters,
+                    would_have: Some(would_have),
                 }
             }
-            _ => Judgement { verdict, counters },
+            _ => Judgement {
+                verdict,
+                counters,
+                would_have: None,
+            },
         }
     }
 
@@ -93,6 +104,7 @@ impl Rules {
             WhenFull::PassThrough => Judgement {
                 verdict: Verdict::Proceed(None),
                 counters: vec![counter],
+                would_have: None,
             },
         }
     }
@@ -111,6 +123,7 @@ impl Rules {
             Claim::Claimed(ticket) => Judgement {
                 verdict: Verdict::Proceed(Some(ticket)),
                 counters: vec![Counter::IdemClaimed],
+                would_have: None,
             },
             Claim::InFlight => self.enforce(
                 reject(
@@ -236,6 +249,7 @@ mod tests {
         ] {
             assert_eq!(j.verdict, Verdict::Proceed(None));
             assert_eq!(j.counters.last(), Some(&Counter::IdemReportOnly), "{j:?}");
+            assert!(j.would_have.is_some());
         }
     }
 

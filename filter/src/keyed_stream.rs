@@ -1,0 +1,358 @@
+//! The per-stream glue of the idempotency layer: checks the key at request headers, buffers the
+//! body, asks the store, answers or resumes, records the upstream response, and at `on_log`
+//! stores it or releases the key. The decisions themselves live in `idempotency`.
+
+use crate::host::{self, BufferType, MapType};
+use crate::idempotency::index::Identity;
+use crate::idempotency::key::{parse_key, KeyError};
+use crate::idempotency::recorded::{RecordedResponse, MAX_STORED_HEADER_BYTES};
+use crate::idempotency::scope::{fingerprint, identity, RequestHead};
+use crate::idempotency::store::{Finish, Report, StoreError, Ticket};
+use crate::idempotency::verdict::{Judgement, Verdict};
+use crate::idempotency::Idempotency;
+use crate::metrics::{Counter, Metrics};
+use proxy_wasm::types::Action;
+
+/// `response.code_details` of a response the upstream sent (anything else the proxy made up).
+const VIA_UPSTREAM: &[u8] = b"via_upstream";
+
+/// What the key check at request headers decided.
+pub struct KeyCheck {
+    /// A syntactically valid key is present (the request may be retried as keyed-idempotent).
+    pub valid_key: bool,
+    pub action: Action,
+    /// Present while the request is deduped through the store.
+    pub stream: Option<KeyedStream>,
+}
+
+enum Phase {
+    AwaitingBody { seen: usize },
+    Upstream,
+    Answered,
+}
+
+pub struct KeyedStream {
+    seed: [u8; 16],
+    identity: Identity,
+    phase: Phase,
+    ticket: Option<Ticket>,
+    recording: Option<Recording>,
+}
+
+struct Recording {
+    response: RecordedResponse,
+    /// False once the response exceeded what may be stored: the key completes unreplayable.
+    keep: bool,
+}
+
+/// The request, for log lines (never the key or scope header values).
+#[derive(Copy, Clone)]
+pub struct Target<'a> {
+    pub method: &'a [u8],
+    pub path: &'a [u8],
+}
+
+/// Where a judgement left the request.
+enum Applied {
+    Proceed(Option<Ticket>),
+    Answered,
+}
+
+fn apply(judgement: Judgement, metrics: &Metrics, what: Target<'_>) -> Applied {
+    for counter in &judgement.counters {
+        metrics.inc(*counter);
+    }
+    if let Some(would) = judgement.would_have {
+        log::info!(
+            "resetguard: idempotency report-only: {} {} would have been answered {would}",
+            String::from_utf8_lossy(what.method),
+            String::from_utf8_lossy(what.path),
+        );
+    }
+    let sent = match &judgement.verdict {
+        Verdict::Proceed(ticket) => return Applied::Proceed(*ticket),
+        Verdict::Reject {
+            problem,
+            detail,
+            retry_after_s,
+        } => crate::local_response::send_problem(*problem, detail, *retry_after_s),
+        Verdict::Replay(response) => crate::local_response::send_replay(response),
+    };
+    match sent {
+        Ok(()) => Applied::Answered,
+        Err(e) => {
+            // Could not answer: let the request through rather than leave it hanging.
+            metrics.inc(Counter::HostErrors);
+            log::warn!("resetguard: cannot send the idempotency answer ({e}); passing through");
+            Applied::Proceed(None)
+        }
+    }
+}
+
+fn action_of(applied: &Applied) -> Action {
+    match applied {
+        Applied::Proceed(_) => Action::Continue,
+        Applied::Answered => Action::Pause,
+    }
+}
+
+fn now_ms() -> Result<u64, StoreError> {
+    host::now_nanos()
+        .map(|ns| ns / 1_000_000)
+        .map_err(|e| StoreError::Unavailable(e.0))
+}
+
+fn count_report<T>(report: &Report<T>, metrics: &Metrics) {
+    let reclaimed = report.reclaimed;
+    for (counter, n) in [
+        (Counter::IdemExpired, reclaimed.expired),
+        (Counter::IdemLockExpired, reclaimed.lock_expired),
+        (Counter::IdemCasRetries, report.cas_conflicts),
+    ] {
+        if n > 0 {
+            metrics.add(counter, i64::from(n));
+        }
+    }
+}
+
+/// Checks the key of a request that requires one and, with a store, starts deduping it.
+pub fn check(
+    idem: &Idempotency,
+    head: &RequestHead<'_>,
+    end_of_stream: bool,
+    metrics: &Metrics,
+) -> KeyCheck {
+    let config = &idem.config;
+    let what = Target {
+        method: head.method,
+        path: head.path,
+    };
+    let parsed = match head.key_values.as_slice() {
+        [] => parse_key(None, config.max_key_length),
+        [one] => parse_key(Some(one), config.max_key_length),
+        _ => Err(KeyError::Malformed("more than one key header")),
+    };
+    let key = match parsed {
+        Ok(key) => key,
+        Err(error) => {
+            let judgement = idem
+                .rules
+                .key_error(error, &config.header, config.max_key_length);
+            let applied = apply(judgement, metrics, what);
+            return KeyCheck {
+                valid_key: false,
+                action: action_of(&applied),
+                stream: None,
+            };
+        }
+    };
+    let Some(store) = &idem.store else {
+        return KeyCheck {
+            valid_key: true,
+            action: Action::Continue,
+            stream: None,
+        };
+    };
+    let seed = match store.seed() {
+        Ok(seed) => seed,
+        Err(e) => {
+            let applied = apply(idem.rules.store_error(e), metrics, what);
+            return KeyCheck {
+                valid_key: true,
+                action: action_of(&applied),
+                stream: None,
+            };
+        }
+    };
+    let mut stream = KeyedStream {
+        seed,
+        identity: identity(&seed, head, &key, idem.scope.scope_headers.len()),
+        phase: Phase::AwaitingBody { seen: 0 },
+        ticket: None,
+        recording: None,
+    };
+    // A request without a body is decided now. Otherwise the headers go on and the body is
+    // buffered: proxy-wasm hosts turn a headers pause into "stop all", which would withhold the
+    // body from this filter too. The router may thus open the upstream request, but the upstream
+    // never gets the body of a request answered here (Envoy resets that upstream stream).
+    let action = if end_of_stream {
+        stream.decide(idem, Ok(Vec::new()), metrics, what)
+    } else {
+        Action::Continue
+    };
+    KeyCheck {
+        valid_key: true,
+        action,
+        stream: Some(stream),
+    }
+}
+
+impl KeyedStream {
+    fn decide(
+        &mut self,
+        idem: &Idempotency,
+        body: Result<Vec<u8>, StoreError>,
+        metrics: &Metrics,
+        what: Target<'_>,
+    ) -> Action {
+        let claim = body.and_then(|body| {
+            let fingerprint = fingerprint(&self.seed, &body);
+            let owner = getrandom::u64().map_err(|_| StoreError::Unavailable(0))?;
+            let store = idem.store.as_ref().ok_or(StoreError::NotInitialized)?;
+            store.claim(&self.identity, &fingerprint, owner, now_ms()?)
+        });
+        let judgement = match claim {
+            Ok(report) => {
+                count_report(&report, metrics);
+                idem.rules.claim(report.value)
+            }
+            Err(e) => {
+                log::debug!("resetguard: idempotency store error {e:?}");
+                idem.rules.store_error(e)
+            }
+        };
+        let applied = apply(judgement, metrics, what);
+        match &applied {
+            Applied::Proceed(ticket) => {
+                self.ticket = *ticket;
+                self.phase = Phase::Upstream;
+            }
+            Applied::Answered => self.phase = Phase::Answered,
+        }
+        action_of(&applied)
+    }
+
+    /// Buffers the request body (StopIterationAndBuffer) until its end, then decides.
+    pub fn on_request_body(
+        &mut self,
+        idem: &Idempotency,
+        body_size: usize,
+        end_of_stream: bool,
+        metrics: &Metrics,
+        what: Target<'_>,
+    ) -> Action {
+        match self.phase {
+            Phase::AwaitingBody { .. } => {}
+            Phase::Upstream => return Action::Continue,
+            Phase::Answered => return Action::Pause,
+        }
+        log::debug!("resetguard: keyed request body: {body_size} bytes, end={end_of_stream}");
+        // While buffering, Envoy reports the size of everything buffered so far.
+        self.phase = Phase::AwaitingBody { seen: body_size };
+        if body_size > idem.config.max_request_body_bytes {
+            let applied = apply(
+                idem.rules
+                    .body_too_large(idem.config.max_request_body_bytes),
+                metrics,
+                what,
+            );
+            self.phase = match applied {
+                Applied::Proceed(_) => Phase::Upstream,
+                Applied::Answered => Phase::Answered,
+            };
+            return action_of(&applied);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.decide(idem, read_request_body(body_size), metrics, what)
+    }
+
+    /// A request with trailers ends here rather than in a body callback.
+    pub fn on_request_trailers(
+        &mut self,
+        idem: &Idempotency,
+        metrics: &Metrics,
+        what: Target<'_>,
+    ) -> Action {
+        match self.phase {
+            Phase::AwaitingBody { seen } => {
+                self.decide(idem, read_request_body(seen), metrics, what)
+            }
+            Phase::Upstream => Action::Continue,
+            Phase::Answered => Action::Pause,
+        }
+    }
+
+    /// Starts recording the upstream's answer to a request that owns its key.
+    pub fn on_response_headers(&mut self, status: Option<u16>, metrics: &Metrics) {
+        if self.ticket.is_none() {
+            return;
+        }
+        let pairs = match host::header_pairs(MapType::ResponseHeaders) {
+            Ok(pairs) => pairs,
+            Err(_) => {
+                metrics.inc(Counter::HostErrors);
+                Vec::new()
+            }
+        };
+        let response = RecordedResponse::from_headers(status.unwrap_or(0), pairs);
+        let keep = status.is_some() && response.header_bytes() <= MAX_STORED_HEADER_BYTES;
+        self.recording = Some(Recording { response, keep });
+    }
+
+    /// Copies each response chunk as it passes (never pausing the response).
+    pub fn on_response_body(&mut self, idem: &Idempotency, body_size: usize) {
+        let Some(recording) = self.recording.as_mut().filter(|r| r.keep) else {
+            return;
+        };
+        let total = recording.response.body.len().saturating_add(body_size);
+        if total > idem.config.max_response_body_bytes {
+            recording.keep = false;
+            recording.response.body = Vec::new();
+            return;
+        }
+        match host::buffer(BufferType::ResponseBody, 0, body_size) {
+            Ok(Some(chunk)) => recording.response.body.extend_from_slice(&chunk),
+            Ok(None) => {}
+            Err(_) => recording.keep = false,
+        }
+    }
+
+    /// Stores the upstream's complete response, or releases the key when the proxy answered
+    /// (reset, timeout, local reply) or the client went away.
+    pub fn on_log(&mut self, idem: &Idempotency, response_ended: bool, metrics: &Metrics) {
+        let (Some(ticket), Some(store)) = (self.ticket.take(), idem.store.as_ref()) else {
+            return;
+        };
+        let details = host::property(&["response", "code_details"]).ok().flatten();
+        let via_upstream = details.as_deref() == Some(VIA_UPSTREAM);
+        let recording = self.recording.take();
+        let result = now_ms().and_then(|now| match (&recording, via_upstream && response_ended) {
+            (Some(r), true) => {
+                let kept = r.keep.then_some(&r.response);
+                store.complete(&ticket, r.response.status, kept, now)
+            }
+            _ => store.release(&ticket, now),
+        });
+        match result {
+            Ok(report) => {
+                count_report(&report, metrics);
+                metrics.inc(match report.value {
+                    Finish::Stored | Finish::StoredNotReplayable => Counter::IdemStored,
+                    Finish::Released => Counter::IdemReleased,
+                    Finish::Lost => Counter::IdemLost,
+                    Finish::Busy => Counter::IdemStoreContention,
+                });
+                if matches!(report.value, Finish::Lost | Finish::Busy) {
+                    log::info!(
+                        "resetguard: idempotency: could not finish a claimed key ({:?}); it frees \
+                         after lock_timeout_ms",
+                        report.value
+                    );
+                }
+            }
+            Err(e) => {
+                metrics.inc(Counter::IdemStoreErrors);
+                log::info!("resetguard: idempotency store error at completion: {e:?}");
+            }
+        }
+    }
+}
+
+fn read_request_body(size: usize) -> Result<Vec<u8>, StoreError> {
+    match host::buffer(BufferType::RequestBody, 0, size) {
+        Ok(body) => Ok(body.unwrap_or_default()),
+        Err(e) => Err(StoreError::Unavailable(e.0)),
+    }
+}
