@@ -23,6 +23,8 @@ KEY_HEADER = "Idempotency-Key"
 REPLAY_HEADER = "idempotent-replayed"
 PROBLEM_TYPE = "application/problem+json"
 STATUS_MISSING, STATUS_IN_FLIGHT, STATUS_MISMATCH = 400, 409, 422
+STATUS_STORE_FULL = 503  # the filter's when_full=Reject answer
+STORE_FULL_COUNTER = "resetguard.idempotency.store_full"
 LOCK_TIMEOUT_MS = 10_000
 MAX_ENTRIES = 20_000
 # Memory bound we hold the store to: max_entries x per-entry budget + fixed slack over baseline.
@@ -166,6 +168,7 @@ def test_100k_distinct_keys_memory_stays_bounded(keyed_envoy, upstream):
     warm = _post(envoy, "/mem", _key())
     assert warm.status == 200
     rss_before = envoy.rss_kib()
+    counters_before = envoy.filter_counters()
     t0 = time.monotonic()
     procs = [subprocess.Popen(
         [sys.executable, "-m", "harness.loadgen", "--port", str(envoy.port),
@@ -192,7 +195,7 @@ def test_100k_distinct_keys_memory_stays_bounded(keyed_envoy, upstream):
             statuses[k] = statuses.get(k, 0) + v
     growth = (rss_after - rss_before) * 1024
     bound = MAX_ENTRIES * PER_ENTRY_BUDGET_BYTES + RSS_SLACK_BYTES
-    figures = {"distinct_keys": sent, "statuses": statuses, "rss_before_kib": rss_before,
+    figures = {"distinct_keys": sent, "store_full_status": STATUS_STORE_FULL, "statuses": statuses, "rss_before_kib": rss_before,
                "rss_after_kib": rss_after, "growth_mib": round(growth / 2**20, 1),
                "bound_mib": round(bound / 2**20, 1), "max_entries": MAX_ENTRIES,
                "seconds": round(time.monotonic() - t0, 1), "admin_memory": envoy.memory()}
@@ -201,3 +204,9 @@ def test_100k_distinct_keys_memory_stays_bounded(keyed_envoy, upstream):
     assert sent == DISTINCT_KEYS and sum(o["errors"] for o in outs) == 0, outs
     assert envoy.alive()
     assert growth <= bound, figures
+    # Beyond max_entries the store is full: the documented answer, and every one counted.
+    full = statuses.get(str(STATUS_STORE_FULL), 0)
+    assert set(statuses) <= {"200", str(STATUS_STORE_FULL)}, statuses
+    assert statuses.get("200", 0) >= MAX_ENTRIES * 0.9, statuses
+    counted = envoy.filter_counters().get(STORE_FULL_COUNTER, 0) - counters_before.get(STORE_FULL_COUNTER, 0)
+    assert counted == full, (counted, statuses)
