@@ -356,7 +356,7 @@ impl Vm {
             }
             // Wait for a paused response to be resumed.
             let deadline = now(self) + MAX_WAIT_NS;
-            while !(headers_go && body_go) && !closed && delivered.complete {
+            while !(closed || headers_go && body_go) && delivered.complete {
                 if pump_once(self, deadline)?.is_none() {
                     out.stalled = true;
                     break;

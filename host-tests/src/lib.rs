@@ -17,6 +17,7 @@ pub mod profiles;
 pub mod properties;
 pub mod request;
 pub mod router;
+pub mod scenario;
 pub mod shared_data;
 pub mod state;
 pub mod vm;

@@ -275,14 +275,14 @@ fn send_local_response(
     _grpc: i32,
 ) -> i32 {
     enter(&mut c, "proxy_send_local_response");
-    let read_all = |c: &mut C| -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), i32> {
-        Ok((
+    let read_all = |c: &mut C| -> Result<[Vec<u8>; 3], i32> {
+        Ok([
             read(c, dp, dl).map_err(|e| e.0)?,
             read(c, bp, bl).map_err(|e| e.0)?,
             read(c, hp, hl).map_err(|e| e.0)?,
-        ))
+        ])
     };
-    let (details, body, headers) = match read_all(&mut c) {
+    let [details, body, headers] = match read_all(&mut c) {
         Ok(parts) => parts,
         Err(e) => return e,
     };

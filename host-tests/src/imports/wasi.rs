@@ -13,7 +13,6 @@ const SUCCESS: i32 = 0;
 const EBADF: i32 = 8;
 const EFAULT: i32 = 21;
 const EINVAL: i32 = 28;
-const ENOSYS: i32 = 52;
 
 pub const PROVIDED: &[&str] = &[
     "args_get",
@@ -119,6 +118,5 @@ pub fn link(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     l.func_wrap(M, "proc_exit", |_: C, code: i32| -> wasmtime::Result<()> {
         Err(wasmtime::format_err!("the module called proc_exit({code})"))
     })?;
-    let _ = ENOSYS;
     Ok(())
 }

@@ -9,15 +9,36 @@ use host_tests::{Host, Profile, Request, UpstreamAction};
 fn every_profile_passes_requests_and_still_arms_retries_without_metrics() {
     for profile in Profile::ALL {
         let mut h = host(profile, "");
-        let x = h.exchange(Request::get("/").upstream(vec![UpstreamAction::ResetBeforeHeaders, UpstreamAction::ok("ok")]));
-        assert_eq!((x.status, x.upstream_attempts()), (Some(200), 2), "{profile:?}");
-        let x = h.exchange(Request::post("/", "b").upstream(vec![UpstreamAction::ResetBeforeHeaders]));
-        assert_eq!((x.status, x.upstream_attempts()), (Some(503), 1), "{profile:?}");
-        let x = h.exchange(Request::get("/").upstream(vec![UpstreamAction::ResetMidBody { status: 200, headers: vec![], body_prefix: b"p".to_vec() }]));
+        let x = h.exchange(Request::get("/").upstream(vec![
+            UpstreamAction::ResetBeforeHeaders,
+            UpstreamAction::ok("ok"),
+        ]));
+        assert_eq!(
+            (x.status, x.upstream_attempts()),
+            (Some(200), 2),
+            "{profile:?}"
+        );
+        let x =
+            h.exchange(Request::post("/", "b").upstream(vec![UpstreamAction::ResetBeforeHeaders]));
+        assert_eq!(
+            (x.status, x.upstream_attempts()),
+            (Some(503), 1),
+            "{profile:?}"
+        );
+        let x = h.exchange(
+            Request::get("/").upstream(vec![UpstreamAction::ResetMidBody {
+                status: 200,
+                headers: vec![],
+                body_prefix: b"p".to_vec(),
+            }]),
+        );
         assert!(!x.complete);
         if profile != Profile::Envoy {
             assert!(h.metrics().is_empty(), "{profile:?} has no metrics");
-            assert!(h.logs().iter().any(|l| l.message.contains("refused")), "{profile:?}: the missing metrics are logged once");
+            assert!(
+                h.logs().iter().any(|l| l.message.contains("refused")),
+                "{profile:?}: the missing metrics are logged once"
+            );
         }
     }
 }
@@ -33,7 +54,14 @@ fn run_mix(h: &mut Host) {
         Request::get("/a").header("x-envoy-retry-on", "5xx"),
         Request::post("/b", "body"),
         Request::get("/c").upstream(vec![UpstreamAction::ResetBeforeHeaders]),
-        Request::get("/d").upstream(vec![UpstreamAction::Respond { status: 200, headers: vec![], body: b"x".to_vec(), delay_ms: 50 }]).abort_after(5),
+        Request::get("/d")
+            .upstream(vec![UpstreamAction::Respond {
+                status: 200,
+                headers: vec![],
+                body: b"x".to_vec(),
+                delay_ms: 50,
+            }])
+            .abort_after(5),
     ] {
         let x = h.try_exchange(r).unwrap_or_else(|e| panic!("{e}"));
         assert!(x.status.is_some() || x.client_aborted);
@@ -42,16 +70,44 @@ fn run_mix(h: &mut Host) {
 
 #[test]
 fn host_faults_never_trap_the_filter() {
-    let faults: Vec<(&str, Box<dyn Fn(&mut Faults)>)> = vec![
-        ("header calls fail", Box::new(|f| f.headers = Some(status::INTERNAL_FAILURE))),
-        ("header calls BAD_ARGUMENT", Box::new(|f| f.headers = Some(status::BAD_ARGUMENT))),
-        ("properties missing", Box::new(|f| f.properties_missing = true)),
-        ("http_call fails", Box::new(|f| f.http_call = Some(status::INTERNAL_FAILURE))),
-        ("shared data get fails", Box::new(|f| f.shared_get = Some(status::INTERNAL_FAILURE))),
-        ("shared data set fails", Box::new(|f| f.shared_set = Some(status::CAS_MISMATCH))),
-        ("buffers fail", Box::new(|f| f.buffers = Some(status::INTERNAL_FAILURE))),
-        ("log fails", Box::new(|f| f.log = Some(status::INTERNAL_FAILURE))),
-        ("metrics fail", Box::new(|f| f.metrics = Some(status::INTERNAL_FAILURE))),
+    type Inject = Box<dyn Fn(&mut Faults)>;
+    let faults: Vec<(&str, Inject)> = vec![
+        (
+            "header calls fail",
+            Box::new(|f| f.headers = Some(status::INTERNAL_FAILURE)),
+        ),
+        (
+            "header calls BAD_ARGUMENT",
+            Box::new(|f| f.headers = Some(status::BAD_ARGUMENT)),
+        ),
+        (
+            "properties missing",
+            Box::new(|f| f.properties_missing = true),
+        ),
+        (
+            "http_call fails",
+            Box::new(|f| f.http_call = Some(status::INTERNAL_FAILURE)),
+        ),
+        (
+            "shared data get fails",
+            Box::new(|f| f.shared_get = Some(status::INTERNAL_FAILURE)),
+        ),
+        (
+            "shared data set fails",
+            Box::new(|f| f.shared_set = Some(status::CAS_MISMATCH)),
+        ),
+        (
+            "buffers fail",
+            Box::new(|f| f.buffers = Some(status::INTERNAL_FAILURE)),
+        ),
+        (
+            "log fails",
+            Box::new(|f| f.log = Some(status::INTERNAL_FAILURE)),
+        ),
+        (
+            "metrics fail",
+            Box::new(|f| f.metrics = Some(status::INTERNAL_FAILURE)),
+        ),
     ];
     for (name, fault) in faults {
         let mut h = faulty(|f| fault(f));

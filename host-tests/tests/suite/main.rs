@@ -1,12 +1,13 @@
 //! The host-tests suite: one test binary so the filter is compiled once per run.
 
 mod common;
+mod corpus;
 mod filter_config;
 mod filter_outcome;
 mod filter_retry;
+mod filter_robust;
+mod fuzz;
 mod host_abi;
 mod host_envoy;
 mod smoke;
 mod wat;
-mod filter_robust;
-mod fuzz;
