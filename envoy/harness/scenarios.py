@@ -1,4 +1,4 @@
-"""Runs a scenario of the shared corpus (docs/scenario-format.md) through a real Envoy.
+"""Runs a scenario of the shared corpus (scenarios/README.md) through a real Envoy.
 
 Interpretation notes (where the format leaves room):
 - `upstream_attempts` counts attempts by the `x-scenario-request: <scenario>/<id>` tag the

@@ -9,7 +9,7 @@ Behaviour is chosen per attempt:
     per successive attempt; attempts beyond the list repeat the last entry;
   * otherwise `default`, a callable `(request, attempt_index) -> action` or an action dict.
 
-Actions (dicts, the same vocabulary as docs/scenario-format.md):
+Actions (dicts, the same vocabulary as scenarios/README.md):
   {"action": "respond", "status": 200, "headers": {...}, "body": "ok", "delay_ms": 0}
   {"action": "reset_before_headers", "delay_ms": 0}   read the request, then TCP RST, no answer
   {"action": "reset_mid_body", "status": 200, "body": "full body", "body_prefix": "part"}

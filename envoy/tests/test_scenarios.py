@@ -1,4 +1,4 @@
-"""The shared scenario corpus (scenarios/*.json, format in docs/scenario-format.md) through a real
+"""The shared scenario corpus (scenarios/*.json, format in scenarios/README.md) through a real
 Envoy: every scenario whose `hosts` include `envoy`. A disagreement with the expectations fails.
 Scenarios that `require` a capability the built filter rejects at on_configure are skipped with a
 printed note."""
