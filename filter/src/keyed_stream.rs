@@ -4,10 +4,11 @@
 
 use crate::host::{self, BufferType, MapType};
 use crate::idempotency::index::Identity;
+use crate::idempotency::index::Peek;
 use crate::idempotency::key::{parse_key, KeyError};
 use crate::idempotency::recorded::{RecordedResponse, MAX_STORED_HEADER_BYTES};
 use crate::idempotency::scope::{fingerprint, identity, RequestHead};
-use crate::idempotency::store::{Finish, Report, StoreError, Ticket};
+use crate::idempotency::store::{Claim, Finish, Report, StoreError, Ticket};
 use crate::idempotency::verdict::{Judgement, Verdict};
 use crate::idempotency::Idempotency;
 use crate::metrics::{Counter, Metrics};
@@ -146,6 +147,21 @@ pub fn check(
             };
         }
     };
+    let declared_too_large = head
+        .content_length
+        .is_some_and(|n| n > config.max_request_body_bytes as u64);
+    if declared_too_large && !end_of_stream {
+        let applied = apply(
+            idem.rules.body_too_large(config.max_request_body_bytes),
+            metrics,
+            what,
+        );
+        return KeyCheck {
+            valid_key: true,
+            action: action_of(&applied),
+            stream: None,
+        };
+    }
     let Some(store) = &idem.store else {
         return KeyCheck {
             valid_key: true,
@@ -164,17 +180,38 @@ pub fn check(
             };
         }
     };
+    let identity = identity(&seed, head, &key, idem.scope.scope_headers.len());
+    if !end_of_stream {
+        // The headers will reach the router before the body is in (see below): answer what needs
+        // no body — a duplicate of a request still in flight, a full shard — right now, so that
+        // the upstream never sees such a request at all.
+        let early = match now_ms().and_then(|now| store.peek(&identity, now)) {
+            Ok(Peek::InFlight) => Some(idem.rules.claim(Claim::InFlight)),
+            Ok(Peek::Full { retry_after_s }) => {
+                Some(idem.rules.claim(Claim::Full { retry_after_s }))
+            }
+            Ok(Peek::Absent | Peek::Completed) | Err(_) => None,
+        };
+        if let Some(judgement) = early {
+            let applied = apply(judgement, metrics, what);
+            return KeyCheck {
+                valid_key: true,
+                action: action_of(&applied),
+                stream: None,
+            };
+        }
+    }
     let mut stream = KeyedStream {
         seed,
-        identity: identity(&seed, head, &key, idem.scope.scope_headers.len()),
+        identity,
         phase: Phase::AwaitingBody { seen: 0 },
         ticket: None,
         recording: None,
     };
     // A request without a body is decided now. Otherwise the headers go on and the body is
     // buffered: proxy-wasm hosts turn a headers pause into "stop all", which would withhold the
-    // body from this filter too. The router may thus open the upstream request, but the upstream
-    // never gets the body of a request answered here (Envoy resets that upstream stream).
+    // body from this filter too. The router may thus open the upstream request of a replay or a
+    // 422, but the upstream never gets its body (Envoy resets that upstream stream).
     let action = if end_of_stream {
         stream.decide(idem, Ok(Vec::new()), metrics, what)
     } else {

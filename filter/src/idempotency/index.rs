@@ -91,6 +91,15 @@ pub enum Decision {
     },
 }
 
+/// What a read-only look at a shard says about a key before its body is known.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Peek {
+    Absent,
+    InFlight,
+    Completed,
+    Full { retry_after_s: u32 },
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardIndex {
     pub entries: Vec<Entry>,
@@ -192,11 +201,9 @@ impl ShardIndex {
         let slot = match self.free_slot(capacity) {
             Some(slot) if self.entries.len() < capacity => slot,
             _ => {
-                let soonest = self.entries.iter().map(Entry::time).min().unwrap_or(now_ms);
-                let wait_s = soonest.saturating_sub(now_ms).div_ceil(1000).clamp(1, 60);
                 return Decision::Full {
-                    retry_after_s: wait_s as u32,
-                };
+                    retry_after_s: self.retry_after_s(now_ms),
+                }
             }
         };
         self.entries.push(Entry {
@@ -210,6 +217,26 @@ impl ShardIndex {
             },
         });
         Decision::Claim { slot }
+    }
+
+    /// The key's state without changing anything (call after `reclaim` on a private copy).
+    pub fn peek(&self, identity: &Identity, now_ms: u64, capacity: usize) -> Peek {
+        match self.entries.iter().find(|e| e.identity == *identity) {
+            Some(e) => match e.state {
+                EntryState::InFlight { .. } => Peek::InFlight,
+                EntryState::Completed { .. } => Peek::Completed,
+            },
+            None if self.entries.len() >= capacity => Peek::Full {
+                retry_after_s: self.retry_after_s(now_ms),
+            },
+            None => Peek::Absent,
+        }
+    }
+
+    /// Seconds until the shard's next entry frees, clamped to 1..=60.
+    fn retry_after_s(&self, now_ms: u64) -> u32 {
+        let soonest = self.entries.iter().map(Entry::time).min().unwrap_or(now_ms);
+        soonest.saturating_sub(now_ms).div_ceil(1000).clamp(1, 60) as u32
     }
 
     /// The lowest slot in `0..capacity` no entry holds (slots stay bounded by capacity).
@@ -449,6 +476,20 @@ mod tests {
             shrunk.decide(&[5; 16], &FP, 1, 1000, 500, 1),
             Decision::Full { retry_after_s: 1 }
         );
+    }
+
+    #[test]
+    fn peek_reports_without_changing_anything() {
+        let mut index = ShardIndex::default();
+        assert_eq!(index.peek(&ID_A, 1000, 1), Peek::Absent);
+        index.decide(&ID_A, &FP, 7, 1000, 500, 1);
+        let before = index.clone();
+        assert_eq!(index.peek(&ID_A, 1000, 1), Peek::InFlight);
+        assert_eq!(index.peek(&ID_B, 1000, 1), Peek::Full { retry_after_s: 1 });
+        index.complete(&ID_A, 7, 200, 61_000, true);
+        assert_eq!(index.peek(&ID_A, 1000, 1), Peek::Completed);
+        assert_eq!(index.peek(&ID_B, 1000, 1), Peek::Full { retry_after_s: 60 });
+        assert_eq!(before.entries.len(), index.entries.len());
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct RequestHead<'a> {
     pub key_values: Vec<&'a [u8]>,
     /// (scope header index in the config, value), in request order.
     pub scope_values: Vec<(usize, &'a [u8])>,
+    /// The declared body size, so an oversized body is refused before the upstream is contacted.
+    pub content_length: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -59,6 +61,8 @@ impl KeyScope {
             head.key_values.push(value);
         } else if let Some(i) = self.scope_headers.iter().position(|h| h == name) {
             head.scope_values.push((i, value));
+        } else if name == b"content-length" {
+            head.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
         }
     }
 }
@@ -147,6 +151,10 @@ mod tests {
         );
         let bob = head(&s, &[("authorization", "Bearer bob")]);
         assert_eq!(alice.key_values, vec![&b"k"[..]]);
+        assert_eq!(
+            head(&s, &[("content-length", "12")]).content_length,
+            Some(12)
+        );
         let id = |h: &RequestHead<'_>, key: &[u8]| identity(&seed, h, key, 2);
         assert_eq!(id(&alice, b"k"), id(&alice.clone(), b"k"));
         assert_ne!(id(&alice, b"k"), id(&bob, b"k"));

@@ -1,7 +1,7 @@
 //! The shared idempotency store over a `SharedKv` (Envoy shared data in production).
 //! The design (claim algorithm, memory bound, races) is documented in the parent module.
 
-use super::index::{Decision, Fingerprint, Identity, Reclaimed, ShardIndex, NO_SLOT};
+use super::index::{Decision, Fingerprint, Identity, Peek, Reclaimed, ShardIndex, NO_SLOT};
 use super::recorded::RecordedResponse;
 use super::shared_kv::{KvError, SharedKv};
 
@@ -81,6 +81,9 @@ pub struct Report<T> {
 pub trait IdempotencyStore {
     /// The secret that keys identities and fingerprints; the same for every worker.
     fn seed(&self) -> StoreResult<[u8; SEED_LEN]>;
+    /// A read-only look at the key before its body is known (lets a duplicate of a request that
+    /// is still in flight be answered before the proxy contacts the upstream).
+    fn peek(&self, identity: &Identity, now_ms: u64) -> StoreResult<Peek>;
     fn claim(
         &self,
         identity: &Identity,
@@ -244,6 +247,14 @@ impl<K: SharedKv> IdempotencyStore for ShardedStore<K> {
     fn seed(&self) -> StoreResult<[u8; SEED_LEN]> {
         let (raw, _) = self.kv.get(SEED_KEY)?.ok_or(StoreError::NotInitialized)?;
         raw.try_into().map_err(|_| StoreError::NotInitialized)
+    }
+
+    fn peek(&self, identity: &Identity, now_ms: u64) -> StoreResult<Peek> {
+        let key = self.shard_key(self.shard_of(identity));
+        let (raw, _) = self.kv.get(&key)?.ok_or(StoreError::NotInitialized)?;
+        let mut index = ShardIndex::decode(&raw).unwrap_or_default();
+        index.reclaim(now_ms);
+        Ok(index.peek(identity, now_ms, self.limits.entries_per_shard))
     }
 
     fn claim(

@@ -118,6 +118,24 @@ fn first_request_runs_then_the_response_is_replayed_within_ttl() {
 }
 
 #[test]
+fn peek_sees_claims_of_other_workers_without_writing() {
+    let (kv, a) = fresh(LIMITS);
+    let b = worker(&kv, LIMITS);
+    assert_eq!(b.peek(&id(1), 0).unwrap(), super::index::Peek::Absent);
+    let t = ticket(a.claim(&id(1), &FP, 7, 0).unwrap().value);
+    let writes = kv.sets.get();
+    assert_eq!(b.peek(&id(1), 10).unwrap(), super::index::Peek::InFlight);
+    assert_eq!(
+        b.peek(&id(1), 1_000).unwrap(),
+        super::index::Peek::Absent,
+        "lock expired"
+    );
+    a.complete(&t, 200, Some(&response("r")), 20).unwrap();
+    assert_eq!(b.peek(&id(1), 30).unwrap(), super::index::Peek::Completed);
+    assert_eq!(kv.sets.get(), writes + 2, "only the completion wrote");
+}
+
+#[test]
 fn released_keys_run_again_and_stale_tickets_are_lost() {
     let (_kv, store) = fresh(LIMITS);
     let t = ticket(store.claim(&id(1), &FP, 7, 0).unwrap().value);
