@@ -67,7 +67,10 @@
 //! ownership check and its slot write could overwrite a slot just reassigned — the slot's identity
 //! check turns that into `not_replayable`, never into a cross-client replay. If a completion
 //! loses 16 CAS rounds in a row (`store_contention`), its claim stays in flight and frees after
-//! `lock_timeout_ms`, after which the key could run again.
+//! `lock_timeout_ms`, after which the key could run again. A configuration update that changes
+//! `shards` starts a new key layout (`resetguard/v1/<S>`): claims and stored responses of the old
+//! layout are not seen by the new one (and its keys stay allocated, there is no delete); changing
+//! other settings keeps the layout and its entries.
 
 pub mod index;
 pub mod key;
