@@ -11,13 +11,14 @@ pub mod flags {
     pub const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
     pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: u64 = 0x8000;
 
-    /// Flags meaning "the upstream connection failed or reset and nobody saved the request".
+    /// Flags meaning "the upstream connection failed or reset". Retry-limit (URX) and overflow
+    /// (UO) flags are left out: alone they mark the upstream's own answer (e.g. a retriable 503
+    /// that exhausted its retries) or a circuit breaker, not a reset; after a reset Envoy sets a
+    /// reset flag too.
     pub const UPSTREAM_RESET_ANY: u64 = LOCAL_RESET
         | UPSTREAM_REMOTE_RESET
         | UPSTREAM_CONNECTION_FAILURE
-        | UPSTREAM_CONNECTION_TERMINATION
-        | UPSTREAM_OVERFLOW
-        | UPSTREAM_RETRY_LIMIT_EXCEEDED;
+        | UPSTREAM_CONNECTION_TERMINATION;
 }
 
 /// `response.code_details` Envoy sets when the client disconnected.
@@ -174,8 +175,19 @@ mod tests {
             classify(reply_503, Some(flags::UPSTREAM_CONNECTION_FAILURE), None),
             Outcome::UpstreamReset
         );
-        // A 503 the upstream itself sent is a completed exchange.
+        // A 503 the upstream itself sent is a completed exchange, also when it used up retries.
         assert_eq!(classify(reply_503, Some(0), None), Outcome::Completed);
+        assert_eq!(
+            classify(reply_503, Some(flags::UPSTREAM_RETRY_LIMIT_EXCEEDED), None),
+            Outcome::Completed
+        );
+        // Resets that used up the retries carry both flags.
+        let exhausted =
+            flags::UPSTREAM_CONNECTION_TERMINATION | flags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+        assert_eq!(
+            classify(reply_503, Some(exhausted), None),
+            Outcome::UpstreamReset
+        );
     }
 
     #[test]
