@@ -2,7 +2,7 @@
 //! way Envoy 1.40 does (see shared/envoy-facts.md), with Kong- and APISIX-like profiles.
 //!
 //! `Host` holds the process (workers, shared data, metrics, clock, log); `Vm` one worker's
-//! instance; `exchange` plays a stream through the filter and the `router` model; `scenario`
+//! instance; `exchange` plays a stream (`request_side`, the `router` model, `response_side`); `scenario`
 //! runs the JSON corpus in `scenarios/`.
 
 pub mod abi;
@@ -16,6 +16,8 @@ pub mod memory;
 pub mod profiles;
 pub mod properties;
 pub mod request;
+pub mod request_side;
+pub mod response_side;
 pub mod router;
 pub mod scenario;
 pub mod shared_data;
@@ -27,6 +29,7 @@ pub use abi::LogLevel;
 pub use callout::ClusterBehaviour;
 pub use host::Host;
 pub use profiles::Profile;
-pub use request::{Exchange, Request};
+pub use request::{Callback, Exchange, Request};
+pub use request_side::InFlight;
 pub use router::UpstreamAction;
 pub use vm::{Vm, VmError};

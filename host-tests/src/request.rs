@@ -10,9 +10,13 @@ pub struct Request {
     pub headers: Pairs,
     /// Body chunks as they arrive; empty means no body (end_of_stream on the headers).
     pub body_chunks: Vec<Vec<u8>>,
+    /// Request trailers sent after the body (the last body chunk then has no end_of_stream).
+    pub trailers: Option<Pairs>,
     pub upstream: Vec<UpstreamAction>,
     /// The client disconnects this many ms after it started the request.
     pub abort_after_ms: Option<u64>,
+    /// The response body reaches the filter in chunks of this many bytes (default: one chunk).
+    pub response_chunk_bytes: Option<usize>,
 }
 
 impl Request {
@@ -25,8 +29,10 @@ impl Request {
                 (b":scheme".to_vec(), b"http".to_vec()),
             ],
             body_chunks: Vec::new(),
+            trailers: None,
             upstream: vec![UpstreamAction::ok("ok")],
             abort_after_ms: None,
+            response_chunk_bytes: None,
         }
     }
 
@@ -66,6 +72,21 @@ impl Request {
         self
     }
 
+    pub fn trailers(mut self, trailers: &[(&str, &str)]) -> Request {
+        self.trailers = Some(
+            trailers
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        );
+        self
+    }
+
+    pub fn response_chunks_of(mut self, bytes: usize) -> Request {
+        self.response_chunk_bytes = Some(bytes.max(1));
+        self
+    }
+
     pub fn upstream(mut self, plan: Vec<UpstreamAction>) -> Request {
         self.upstream = plan;
         self
@@ -95,6 +116,18 @@ pub struct UpstreamRequest {
     pub body: Vec<u8>,
 }
 
+/// One stream callback the host made and what the filter answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Callback {
+    /// The export without its `proxy_on_` prefix: `request_headers`, `request_body`, …
+    pub name: &'static str,
+    /// Header count, or the body size the host reported.
+    pub size: usize,
+    pub end_of_stream: bool,
+    /// 0 Continue, 1 Pause (StopIteration…); None for callbacks without a result.
+    pub action: Option<i32>,
+}
+
 /// How one request ended, from the client's side and the host's.
 #[derive(Clone, Debug, Default)]
 pub struct Exchange {
@@ -108,8 +141,11 @@ pub struct Exchange {
     pub client_aborted: bool,
     /// Attempts the router made (refused connects included).
     pub router_attempts: u32,
-    /// Requests the upstream application received.
+    /// Requests the upstream application received in full (executions).
     pub upstream: Vec<UpstreamRequest>,
+    /// Upstream requests the router had started (headers sent, maybe part of the body) that
+    /// Envoy reset before the request was complete: the upstream never executed them.
+    pub upstream_cut: Vec<UpstreamRequest>,
     /// The filter answered itself with `proxy_send_local_response`.
     pub filter_local_reply: bool,
     /// The router's own reply (reset/refused/timeout): no upstream response.
@@ -121,11 +157,29 @@ pub struct Exchange {
     pub filter_state: BTreeMap<String, Vec<u8>>,
     /// The filter paused and nothing ever resumed the stream.
     pub stalled: bool,
+    /// The stream callbacks in the order the host made them.
+    pub callbacks: Vec<Callback>,
+    /// `proxy_get_property` calls on this stream: (phase, dotted path).
+    pub property_reads: Vec<(crate::state::Phase, String)>,
 }
 
 impl Exchange {
     pub fn upstream_attempts(&self) -> u32 {
         self.upstream.len() as u32
+    }
+
+    /// Upstream requests that got the request headers but never the whole request.
+    pub fn upstream_headers_only(&self) -> u32 {
+        self.upstream_cut.len() as u32
+    }
+
+    /// What the filter answered to each call of one callback (`request_body`, …).
+    pub fn actions(&self, name: &str) -> Vec<Option<i32>> {
+        self.callbacks
+            .iter()
+            .filter(|c| c.name == name)
+            .map(|c| c.action)
+            .collect()
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {

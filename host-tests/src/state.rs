@@ -83,6 +83,7 @@ pub fn lock(handle: &SharedHandle) -> MutexGuard<'_, HostShared> {
 pub enum Phase {
     RequestHeaders,
     RequestBody,
+    RequestTrailers,
     ResponseHeaders,
     ResponseBody,
     Log,
@@ -103,6 +104,8 @@ pub struct StreamData {
     pub info: HashMap<String, Vec<u8>>,
     /// `proxy_set_property` results: Envoy's filter state `wasm.NAME`.
     pub filter_state: BTreeMap<String, Vec<u8>>,
+    /// Every `proxy_get_property` on this stream: the phase it ran in and the dotted path.
+    pub property_reads: Vec<(Phase, String)>,
 }
 
 impl StreamData {
@@ -117,6 +120,7 @@ impl StreamData {
             response_body: Vec::new(),
             info: HashMap::new(),
             filter_state: BTreeMap::new(),
+            property_reads: Vec::new(),
         }
     }
 }

@@ -24,6 +24,10 @@ fn get_property(mut c: C, pp: i32, pl: i32, rp: i32, rs: i32) -> wasmtime::Resul
         Ok(p) => split_path(&p),
         Err(e) => return Ok(e),
     };
+    if let Some(s) = c.data_mut().stream_mut() {
+        let phase = s.phase;
+        s.property_reads.push((phase, path.join(".")));
+    }
     let caps = caps(&c);
     match properties::get(c.data(), caps, &path) {
         None => Ok(status::NOT_FOUND),

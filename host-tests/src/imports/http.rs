@@ -167,8 +167,12 @@ fn buffer(state: &VmState, raw: i32) -> Result<Vec<u8>, i32> {
     let kind = BufferType::from_abi(raw).ok_or(status::BAD_ARGUMENT)?;
     let stream = state.stream();
     let found = match kind {
+        // At trailers Envoy still shows the body this filter buffered (none if it streamed).
         BufferType::RequestBody => stream
-            .filter(|s| s.phase == Phase::RequestBody)
+            .filter(|s| {
+                s.phase == Phase::RequestBody
+                    || (s.phase == Phase::RequestTrailers && !s.request_body.is_empty())
+            })
             .map(|s| s.request_body.clone()),
         BufferType::ResponseBody => stream
             .filter(|s| s.phase == Phase::ResponseBody)
