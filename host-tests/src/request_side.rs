@@ -33,6 +33,8 @@ pub struct InFlight {
     arriving: VecDeque<Frame>,
     /// The headers paused with a body following: Envoy's StopAllIterationAndWatermark.
     stopped_all: bool,
+    /// A resume lifted stop-all: the data held meanwhile goes to the filter as one chunk.
+    release_held: bool,
     /// The filter's last callback answered Pause and nothing resumed it yet.
     paused: bool,
     /// The filter saw the end of the request (end_of_stream or trailers).
@@ -92,7 +94,7 @@ impl InFlight {
     /// Forwards what the filter held; a resume after the end completes the request.
     fn resume(&mut self, vm: &mut Vm) {
         self.route_headers(vm);
-        self.stopped_all = false;
+        self.release_held = std::mem::take(&mut self.stopped_all);
         self.paused = false;
         self.forwarded.append(&mut self.buffered);
     }
@@ -137,10 +139,13 @@ impl InFlight {
         match frame {
             Frame::Data(mut chunk) => {
                 // Data held while stopped-all is delivered at once, as one chunk.
-                while let Some(Frame::Data(next)) = self.arriving.front_mut() {
+                while let (true, Some(Frame::Data(next))) =
+                    (self.release_held, self.arriving.front_mut())
+                {
                     chunk.append(next);
                     self.arriving.pop_front();
                 }
+                self.release_held = false;
                 let eos = self.arriving.is_empty();
                 self.buffered.append(&mut chunk);
                 let s = stream(vm, self.context);
@@ -234,6 +239,7 @@ impl Vm {
             start_ns,
             arriving,
             stopped_all: false,
+            release_held: false,
             paused: false,
             end_seen: false,
             routed_headers: None,

@@ -9,5 +9,6 @@ mod filter_robust;
 mod fuzz;
 mod host_abi;
 mod host_envoy;
+mod host_stop_all;
 mod smoke;
 mod wat;
