@@ -3,6 +3,7 @@
 mod common;
 mod corpus;
 mod filter_config;
+mod filter_idem_glue;
 mod filter_outcome;
 mod filter_retry;
 mod filter_robust;
