@@ -117,3 +117,42 @@ fn without_response_flags_unclean_ends_are_incomplete_not_guessed() {
         );
     }
 }
+
+#[test]
+fn a_retriable_503_that_exhausts_its_retries_is_the_upstreams_answer_with_urx() {
+    let mut host = host(
+        Profile::Envoy,
+        r#"{"retry": {"max_retries": 1, "retriable_status_codes": [503]}}"#,
+    );
+    let busy = UpstreamAction::Respond {
+        status: 503,
+        headers: vec![(b"content-type".to_vec(), b"text/plain".to_vec())],
+        body: b"busy".to_vec(),
+        delay_ms: 0,
+    };
+    let x = host.exchange(Request::get("/").upstream(vec![busy]));
+    assert_eq!((x.status, x.body.as_slice()), (Some(503), &b"busy"[..]));
+    assert_eq!(
+        x.upstream_attempts(),
+        2,
+        "one retry, then the retries are used up"
+    );
+    assert!(
+        !x.router_local_reply,
+        "the client gets the upstream's own 503"
+    );
+    assert!(
+        x.header("x-envoy-upstream-service-time").is_some(),
+        "an upstream response, not a router reply"
+    );
+    assert_eq!(
+        (x.flags, x.details.as_str()),
+        (0x8000, "via_upstream"),
+        "Envoy sets URX alone on an exhausted retriable status"
+    );
+    assert_eq!(
+        counters(&host),
+        [1, 0, 0, 0, 0],
+        "completed, not upstream_reset"
+    );
+}
