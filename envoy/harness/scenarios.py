@@ -190,6 +190,8 @@ def _run_parallel(scenario, reqs, envoy, up, failures):
     results = [None] * len(reqs)
 
     def go(i, req):
+        # A later start makes the order of a race part of the scenario, not of thread timing.
+        time.sleep((req.get("start_after_ms") or 0) / 1000)
         results[i] = _send(scenario, req, envoy, up)
 
     threads = [threading.Thread(target=go, args=(i, r)) for i, r in enumerate(reqs)]

@@ -206,10 +206,12 @@ pub fn run(scenario: &Value, profile: Profile) -> Verdict {
         .and_then(Value::as_array)
         .unwrap_or(&Vec::new())
     {
-        let group: Vec<&Value> = match step.get("parallel").and_then(Value::as_array) {
+        let mut group: Vec<&Value> = match step.get("parallel").and_then(Value::as_array) {
             Some(list) => list.iter().collect(),
             None => vec![step],
         };
+        // Requests that start later in the real suite (`start_after_ms`) begin later here too.
+        group.sort_by_key(|r| r.get("start_after_ms").and_then(Value::as_u64).unwrap_or(0));
         // Concurrent requests: every request phase runs (spread over the workers) before any
         // response, the interleaving that races shared state the hardest.
         let mut flights = Vec::new();
