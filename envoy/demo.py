@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""resetguard demo: a real Envoy in front of a local upstream that resets ~30% of requests, with
-and without the filter, side by side. Starts everything itself, prints a before/after table, stops
+"""resetguard demo: a real Envoy in front of a local upstream that resets ~30% of requests, without
+the filter, with it, and with it plus Idempotency-Key on the POSTs, side by side. Starts everything itself, prints a before/after table, stops
 everything and exits.
 
 Run: .venv/bin/python envoy/demo.py [--gets 200] [--posts 20] [--reset-ratio 0.3]
@@ -34,28 +34,49 @@ def flaky(ratio: float, seed: int):
     return behaviour
 
 
-def run_side(with_filter: bool, args) -> dict:
+KEYED_CONFIG = {"idempotency": {"retry_keyed_requests": True}}
+
+
+def run_side(side: str, args) -> dict:
+    """`side` is "without" (plain Envoy), "with" (resetguard defaults) or "keyed" (resetguard with
+    idempotency keys: POSTs carry an Idempotency-Key, so a reset POST is retried, and re-sending
+    the same POSTs replays the stored responses without reaching the upstream)."""
     up = ChaosUpstream(default=flaky(args.reset_ratio, args.seed), name="demo-upstream").start()
     dead = DeadPort()
-    kw = dict(upstream_port=up.port, dead_port=dead.port, concurrency=2,
-              name="demo-with" if with_filter else "demo-without")
-    envoy = Envoy(plugin_config={}, **kw) if with_filter else Envoy(template="no-filter.yaml", **kw)
+    kw = dict(upstream_port=up.port, dead_port=dead.port, concurrency=2, name=f"demo-{side}")
+    if side == "without":
+        envoy = Envoy(template="no-filter.yaml", **kw)
+    else:
+        envoy = Envoy(plugin_config=KEYED_CONFIG if side == "keyed" else {}, **kw)
+    keyed = side == "keyed"
+
+    def post(i):
+        headers = {"idempotency-key": f"order-{i}"} if keyed else {}
+        return ("POST", f"/orders/{100000 + i}", headers, b'{"qty":1}')
+
     try:
         envoy.start()
         gets = client.load(envoy.port, args.gets, threads=4,
                            make=lambda i: ("GET", f"/items/{i}", {}, None), deadline_s=60)
-        posts = client.load(envoy.port, args.posts, threads=2,
-                            make=lambda i: ("POST", f"/orders/{100000 + i}", {}, b'{"qty":1}'),
-                            deadline_s=60)
-        time.sleep(0.2)
-        stats = envoy.stats("cluster.upstream.upstream_rq_retry$")
-        return {
+        posts = client.load(envoy.port, args.posts, threads=2, make=post, deadline_s=60)
+        result = {
             "get_errors": gets.non_2xx + gets.error_count, "get_ok": gets.statuses.get(200, 0),
             "post_errors": posts.non_2xx + posts.error_count, "post_ok": posts.statuses.get(200, 0),
+        }
+        if keyed:
+            # The client "retries" every POST (as after a timeout): replayed, not re-executed.
+            executed = up.total_attempts
+            again = client.load(envoy.port, args.posts, threads=2, make=post, deadline_s=60)
+            result["resent_ok"] = again.statuses.get(200, 0)
+            result["resent_upstream_attempts"] = up.total_attempts - executed
+        time.sleep(0.2)
+        stats = envoy.stats("cluster.upstream.upstream_rq_retry$")
+        result.update({
             "upstream_attempts": up.total_attempts,
             "upstream_rq_retry": stats.get("cluster.upstream.upstream_rq_retry", 0),
-            "filter": {k: v for k, v in envoy.filter_counters().items() if v} if with_filter else {},
-        }
+            "filter": {k: v for k, v in envoy.filter_counters().items() if v} if side != "without" else {},
+        })
+        return result
     finally:
         envoy.stop()
         up.stop()
@@ -79,30 +100,36 @@ def main() -> int:
           f"requests before answering (TCP RST).\n{args.gets} GETs and {args.posts} POSTs through "
           f"each Envoy, loopback only.\n")
     try:
-        without = run_side(False, args)
-        with_ = run_side(True, args)
+        sides = {side: run_side(side, args) for side in ("without", "with", "keyed")}
     finally:
         stop_all()
+    without, with_, keyed = sides["without"], sides["with"], sides["keyed"]
     rows = [
-        ("GET requests sent", args.gets, args.gets),
-        ("  GET errors seen by the client", without["get_errors"], with_["get_errors"]),
-        (f"POST requests sent", args.posts, args.posts),
-        ("  POST errors seen by the client", without["post_errors"], with_["post_errors"]),
-        ("upstream attempts", without["upstream_attempts"], with_["upstream_attempts"]),
-        ("Envoy retries (upstream_rq_retry)", without["upstream_rq_retry"], with_["upstream_rq_retry"]),
+        ("GET requests sent", args.gets, args.gets, args.gets),
+        ("  GET errors seen by the client", without["get_errors"], with_["get_errors"], keyed["get_errors"]),
+        ("POST requests sent", args.posts, args.posts, args.posts),
+        ("  POST errors seen by the client", without["post_errors"], with_["post_errors"], keyed["post_errors"]),
+        ("upstream attempts", without["upstream_attempts"], with_["upstream_attempts"], keyed["upstream_attempts"]),
+        ("Envoy retries (upstream_rq_retry)", without["upstream_rq_retry"], with_["upstream_rq_retry"],
+         keyed["upstream_rq_retry"]),
     ]
     w = max(len(r[0]) for r in rows) + 2
-    print(f"{'':<{w}}{'without filter':>16}{'with resetguard':>18}")
-    for label, a, b in rows:
-        print(f"{label:<{w}}{a:>16}{b:>18}")
-    print("\nresetguard counters (Envoy /stats, shown as wasmcustom.resetguard.*):")
-    for k, v in sorted(with_["filter"].items()):
+    print(f"{'':<{w}}{'without filter':>16}{'with resetguard':>18}{'+ Idempotency-Key':>20}")
+    for label, a, b, c in rows:
+        print(f"{label:<{w}}{a:>16}{b:>18}{c:>20}")
+    print(f"\nWith keys, the client then re-sent all {args.posts} POSTs: {keyed['resent_ok']} answered 200 "
+          f"from the edge's store\n(Idempotent-Replayed: true), {keyed['resent_upstream_attempts']} reached "
+          "the upstream.")
+    print("\nresetguard counters, Idempotency-Key run (Envoy /stats, shown as wasmcustom.resetguard.*):")
+    for k, v in sorted(keyed["filter"].items()):
         print(f"  {k:<42}{v:>6}")
     print("\nGETs are idempotent: the filter arms Envoy's retry on reset, so the client never sees "
           "the RST.\nPOSTs that reached the upstream are not retried (they may have been applied, "
           "RFC 9110 §9.2.2);\nonly failures that prove the request was never sent (connect failure, "
-          "refused stream) are.")
-    record("demo", {"args": vars(args), "without_filter": without, "with_filter": with_})
+          "refused stream) are.\nA POST with an Idempotency-Key is safe to retry (retry_keyed_requests): "
+          "the edge runs it upstream\nat most once per key and replays the stored response to a repeat.")
+    record("demo", {"args": vars(args), "without_filter": without, "with_filter": with_,
+                    "with_idempotency_keys": keyed})
     return 0
 
 

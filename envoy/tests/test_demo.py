@@ -13,5 +13,10 @@ def test_demo_runs_and_exits():
     out = res.stdout
     assert "without filter" in out and "with resetguard" in out
     line = next(l for l in out.splitlines() if "GET errors seen by the client" in l)
-    without, with_ = (int(x) for x in line.split()[-2:])
-    assert without > 0 and with_ == 0, line
+    without, with_, keyed = (int(x) for x in line.split()[-3:])
+    assert without > 0 and with_ == 0 and keyed == 0, line
+    # Unkeyed POSTs that reached the upstream stay failed; keyed ones are retried and saved.
+    line = next(l for l in out.splitlines() if "POST errors seen by the client" in l)
+    without, with_, keyed = (int(x) for x in line.split()[-3:])
+    assert without == with_ and keyed == 0, line
+    assert "re-sent all 10 POSTs: 10 answered 200" in out and ", 0 reached the upstream" in out, out

@@ -100,9 +100,9 @@ impl HttpFilter {
             shared.metrics.inc(Counter::ClientRetryHeadersStripped);
         }
         let (class, armed) = match safety {
-            RetrySafety::Idempotent | RetrySafety::KeyedIdempotent => {
-                (Counter::RequestsIdempotent, Counter::RetryArmedFull)
-            }
+            RetrySafety::Idempotent => (Counter::RequestsIdempotent, Counter::RetryArmedFull),
+            // Not idempotent by method, made retry-safe by a validated key.
+            RetrySafety::KeyedIdempotent => (Counter::RequestsKeyed, Counter::RetryArmedFull),
             RetrySafety::Unsafe => (
                 Counter::RequestsNonIdempotent,
                 Counter::RetryArmedUnsentOnly,

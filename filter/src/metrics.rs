@@ -7,6 +7,7 @@ use crate::host;
 pub enum Counter {
     RequestsIdempotent,
     RequestsNonIdempotent,
+    RequestsKeyed,
     RetryArmedFull,
     RetryArmedUnsentOnly,
     ClientRetryHeadersStripped,
@@ -38,9 +39,10 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 31] = [
         Counter::RequestsIdempotent,
         Counter::RequestsNonIdempotent,
+        Counter::RequestsKeyed,
         Counter::RetryArmedFull,
         Counter::RetryArmedUnsentOnly,
         Counter::ClientRetryHeadersStripped,
@@ -76,6 +78,7 @@ impl Counter {
         match self {
             Counter::RequestsIdempotent => "resetguard.requests.idempotent",
             Counter::RequestsNonIdempotent => "resetguard.requests.non_idempotent",
+            Counter::RequestsKeyed => "resetguard.requests.keyed",
             Counter::RetryArmedFull => "resetguard.retry.armed_full",
             Counter::RetryArmedUnsentOnly => "resetguard.retry.armed_unsent_only",
             Counter::ClientRetryHeadersStripped => "resetguard.retry.client_headers_stripped",
