@@ -120,6 +120,19 @@ pub const METRIC_HISTOGRAM: i32 = 2;
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Serializes a map the ABI's way: count, (key len, value len)*, then NUL-terminated data.
+/// The headers Envoy puts on a plain-text reply it makes up itself (router local replies and
+/// synthetic callout answers alike).
+pub fn local_reply_headers(status: u16, body: &str) -> Pairs {
+    vec![
+        (b":status".to_vec(), status.to_string().into_bytes()),
+        (
+            b"content-length".to_vec(),
+            body.len().to_string().into_bytes(),
+        ),
+        (b"content-type".to_vec(), b"text/plain".to_vec()),
+    ]
+}
+
 pub fn encode_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());

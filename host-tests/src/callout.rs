@@ -47,14 +47,7 @@ pub const TIMEOUT_BODY: &str = "upstream request timeout";
 
 fn synthetic(status: u16, body: &str) -> CalloutReply {
     CalloutReply {
-        headers: vec![
-            (b":status".to_vec(), status.to_string().into_bytes()),
-            (
-                b"content-length".to_vec(),
-                body.len().to_string().into_bytes(),
-            ),
-            (b"content-type".to_vec(), b"text/plain".to_vec()),
-        ],
+        headers: crate::abi::local_reply_headers(status, body),
         body: body.as_bytes().to_vec(),
         trailers: Vec::new(),
     }

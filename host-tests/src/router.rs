@@ -179,14 +179,7 @@ pub struct Routed {
 fn local(status: u16, body: &str, flags: u64, details: &str) -> Delivered {
     Delivered {
         status,
-        headers: vec![
-            (b":status".to_vec(), status.to_string().into_bytes()),
-            (
-                b"content-length".to_vec(),
-                body.len().to_string().into_bytes(),
-            ),
-            (b"content-type".to_vec(), b"text/plain".to_vec()),
-        ],
+        headers: crate::abi::local_reply_headers(status, body),
         body: body.as_bytes().to_vec(),
         complete: true,
         flags,
