@@ -58,6 +58,8 @@ def render_config(template: str, **values) -> str:
         "ADMIN_PORT": 0, "LISTENER_PORT": 0, "UPSTREAM_PORT": 9, "DEAD_PORT": 9,
         "WASM_PATH": str(paths.wasm_path()), "PLUGIN_CONFIG": "",
         "ACCESS_LOG_PATH": "/dev/null", "UPSTREAM_IDLE_TIMEOUT": "60s",
+        # resetguard-lds.yaml: the directory holding the listener resource file (harness/lds.py).
+        "LDS_DIR": str(paths.RUN_DIR / "lds-unset"),
     }
     defaults.update({k: v for k, v in values.items() if v is not None})
     # The plugin JSON goes into a YAML double-quoted scalar; a JSON string literal is one.
@@ -113,7 +115,8 @@ class Envoy:
     def __init__(self, *, template: str = "resetguard.yaml", plugin_config=None,
                  upstream_port: int = 9, dead_port: int = 9, idle_timeout: str = "60s",
                  concurrency: int = 1, run_dir: Optional[Path] = None, name: str = "envoy",
-                 log_level: str = "info", extra_args: tuple = ()):
+                 log_level: str = "info", extra_args: tuple = (),
+                 template_values: Optional[dict] = None):
         paths.require_envoy()
         if "resetguard" in template:
             paths.require_wasm()
@@ -132,7 +135,7 @@ class Envoy:
         self.config_text = render_config(
             template, PLUGIN_CONFIG=plugin_config_text(plugin_config), UPSTREAM_PORT=upstream_port,
             DEAD_PORT=dead_port, UPSTREAM_IDLE_TIMEOUT=idle_timeout,
-            ACCESS_LOG_PATH=str(self.access_log_path))
+            ACCESS_LOG_PATH=str(self.access_log_path), **(template_values or {}))
         self.config_path.write_text(self.config_text)
         self.proc: Optional[subprocess.Popen] = None
         self.admin_port: Optional[int] = None
