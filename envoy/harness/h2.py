@@ -397,6 +397,10 @@ class H2Client:
                 body: bytes | str | None = None, timeout: Optional[float] = None) -> Response:
         return self.wait(self.send(method, path, headers, body), timeout)
 
+    def peek(self, sid: int) -> Response:
+        """What arrived so far on a stream (no waiting)."""
+        return self._resp[sid]
+
     def cancel(self, sid: int, code="CANCEL") -> None:
         self.conn.reset_stream(sid, error_code=error_code(code))
         self.sock.sendall(self.conn.data_to_send())
