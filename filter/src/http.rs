@@ -131,9 +131,10 @@ impl HttpFilter {
                 .ok()
                 .flatten()
                 .and_then(|raw| outcome::decode_u64(&raw));
-            let details = match flags {
-                Some(_) => None,
-                None => host::property(&["response", "code_details"]).ok().flatten(),
+            let details = if self.response.needs_details(flags) {
+                host::property(&["response", "code_details"]).ok().flatten()
+            } else {
+                None
             };
             (flags, details)
         } else {

@@ -10,6 +10,11 @@ pub mod flags {
     pub const UPSTREAM_OVERFLOW: u64 = 0x80;
     pub const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
     pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: u64 = 0x8000;
+    /// DR: an HTTP/2 or HTTP/3 client reset its stream (RST_STREAM), keeping the connection.
+    pub const DOWNSTREAM_REMOTE_RESET: u64 = 0x1000_0000;
+
+    /// The client went away: its connection closed (DC) or it cancelled its stream (DR).
+    pub const CLIENT_LEFT: u64 = DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET;
 
     /// Flags meaning "the upstream connection failed or reset". Retry-limit (URX) and overflow
     /// (UO) flags are left out: alone they mark the upstream's own answer (e.g. a retriable 503
@@ -23,6 +28,14 @@ pub mod flags {
 
 /// `response.code_details` Envoy sets when the client disconnected.
 pub const DOWNSTREAM_DISCONNECT_DETAILS: &[u8] = b"downstream_remote_disconnect";
+
+/// Whether `response.code_details` says the client left: its connection closed, or its HTTP/2 or
+/// HTTP/3 stream was reset by the client (upstream resets read `upstream_reset_…` instead).
+pub fn client_left_details(details: &[u8]) -> bool {
+    details == DOWNSTREAM_DISCONNECT_DETAILS
+        || details == b"http2.remote_reset"
+        || details == b"http3.remote_reset"
+}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -63,14 +76,21 @@ impl ResponseSeen {
     pub fn needs_flags(&self) -> bool {
         !self.ended || self.status.is_some_and(|s| s >= 500)
     }
+
+    /// Whether it also needs `response.code_details`: when the host gave no flags, or a stream
+    /// that ended early carries no flag that explains it.
+    pub fn needs_details(&self, flags: Option<u64>) -> bool {
+        match flags {
+            None => self.needs_flags(),
+            Some(f) => !self.ended && f & (flags::CLIENT_LEFT | flags::UPSTREAM_RESET_ANY) == 0,
+        }
+    }
 }
 
 /// Classifies a finished stream. `flags`/`details` are `None` when the host does not provide them.
 pub fn classify(seen: ResponseSeen, flags: Option<u64>, details: Option<&[u8]>) -> Outcome {
-    let client_left = match flags {
-        Some(f) => f & flags::DOWNSTREAM_CONNECTION_TERMINATION != 0,
-        None => details == Some(DOWNSTREAM_DISCONNECT_DETAILS),
-    };
+    let client_left = flags.is_some_and(|f| f & flags::CLIENT_LEFT != 0)
+        || details.is_some_and(client_left_details);
     if !seen.ended {
         return if client_left {
             Outcome::ClientAbort
