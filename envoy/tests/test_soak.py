@@ -12,12 +12,13 @@ that got the proxy's 503 after a reset is re-sent with the same key (the key was
 must execute then).
 
 Upstream behaviour per base request (chosen by the test, encoded in the path, applied to the first
-attempt that reaches the chaos upstream's dispatcher): 84 % respond after 0-20 ms, 8 % RST before
+attempt that reaches the chaos upstream's dispatcher): 84 % respond after 0-10 ms, 8 % RST before
 headers, 4 % RST mid-body, 4 % answer after 300 ms to a raw client that gives up after 150 ms.
 On top of that the upstream runs its real stale keep-alive race (`stale_after_ms`): a request
 arriving on an upstream connection idle longer than STALE_AFTER_MS (30 ms: an aggressive server
-keep-alive timeout, which gives ~2-3 % of requests) is read and answered with an RST. Envoy's HTTP/1 pool reuses the most recently used connection first, so deeper connections go
-stale whenever concurrency drops; every SOAK_QUIET_EVERY_S the clients also pause for
+keep-alive timeout, which gives ~2-3 % of requests) is read and answered with an RST. Envoy's
+HTTP/1 pool reuses the most recently used connection first, so deeper connections go stale
+whenever concurrency drops; every SOAK_QUIET_EVERY_S the clients also pause for
 SOAK_QUIET_S, after which every pooled upstream connection is stale ("idle then fire").
 
 Retries: max_retries 3, so an idempotent request can fail only after 4 resets in a row (a planned
