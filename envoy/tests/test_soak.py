@@ -203,6 +203,16 @@ def _worker(port, seed, t0, stop_at, budget, tally: Tally):
                     tally.inc("truncated_seen")
                 else:
                     tally.problem(f"mid-body reset not seen truncated: {r.status} {r.error} {path}")
+                if cls == "post_key" and r.error and r.error.startswith("truncated"):
+                    # It ran upstream: the key completes unreplayable, a re-send must not run it
+                    # again (409 response-not-replayable).
+                    tally.inc("keyed_truncated")
+                    again = c.request(method, path, headers, body)
+                    tally.status("post_key_truncated_resend", again)
+                    if again.status == 409 and b"response-not-replayable" in again.body:
+                        tally.inc("keyed_truncated_resent_409")
+                    else:
+                        tally.problem(f"re-send after a truncated keyed POST: {again.status} {path}")
                 continue
             if cls in ("get", "put"):
                 if r.status == 200 and r.error is None and r.body.startswith(f"{method} {path}".encode()):
@@ -492,11 +502,15 @@ def test_soak_idempotency_contract(soak):
         soak["workers_downstream_cx"]
     assert _fc(soak, "idempotency.in_flight_conflicts") == 0
     assert _fc(soak, "idempotency.store_full") == t.get("keyed_store_full", 0)
-    # Store accounting: every claim ends stored (a complete upstream response) or released (reset,
-    # truncation, client abort); nothing lost, nothing left in flight after the run.
+    # Store accounting: every claim ends stored (a complete upstream response, or a truncated one:
+    # it ran upstream, so the key completes unreplayable) or released (the proxy's reply after a
+    # reset, a client abort before the upstream answered); nothing lost or left in flight.
     st = soak["statuses"]
     completed_keyed = st.get("post_key:200", 0) + st.get("post_key_retry:200", 0)
-    assert _fc(soak, "idempotency.stored") == completed_keyed, (soak["filter"], st)
+    assert _fc(soak, "idempotency.stored") == completed_keyed + t.get("keyed_truncated", 0), \
+        (soak["filter"], st, t)
+    assert t.get("keyed_truncated_resent_409", 0) == t.get("keyed_truncated", 0), t
+    assert _fc(soak, "idempotency.not_replayable") == t.get("keyed_truncated_resent_409", 0)
     assert _fc(soak, "idempotency.claimed") == \
         _fc(soak, "idempotency.stored") + _fc(soak, "idempotency.released")
     assert _fc(soak, "idempotency.lost") == 0 and _fc(soak, "idempotency.lock_expired") == 0

@@ -44,6 +44,8 @@ struct Recording {
     response: RecordedResponse,
     /// False once the response exceeded what may be stored: the key completes unreplayable.
     keep: bool,
+    /// The response headers came from the upstream, so the request was executed.
+    from_upstream: bool,
 }
 
 /// The request, for log lines (never the key or scope header values).
@@ -325,7 +327,17 @@ impl KeyedStream {
         };
         let response = RecordedResponse::from_headers(status.unwrap_or(0), pairs);
         let keep = status.is_some() && response.header_bytes() <= MAX_STORED_HEADER_BYTES;
-        self.recording = Some(Recording { response, keep });
+        // Response headers from the upstream prove it executed the request, whatever happens to
+        // the body later (Envoy says `via_upstream` now and rewrites it if the stream is cut).
+        let from_upstream = host::property(&["response", "code_details"])
+            .ok()
+            .flatten()
+            .is_some_and(|d| d == VIA_UPSTREAM);
+        self.recording = Some(Recording {
+            response,
+            keep,
+            from_upstream,
+        });
     }
 
     /// Copies each response chunk as it passes (never pausing the response).
@@ -346,8 +358,10 @@ impl KeyedStream {
         }
     }
 
-    /// Stores the upstream's complete response, or releases the key when the proxy answered
-    /// (reset, timeout, local reply) or the client went away.
+    /// Stores the upstream's complete response; completes the key unreplayable when the upstream
+    /// answered but the response was cut (truncated, or the client left mid-response: it ran
+    /// upstream, so it must not run again); releases the key when the proxy answered (reset,
+    /// timeout, local reply) or the client left before the upstream answered.
     pub fn on_log(&mut self, idem: &Idempotency, response_ended: bool, metrics: &Metrics) {
         let (Some(ticket), Some(store)) = (self.ticket.take(), idem.store.as_ref()) else {
             return;
@@ -355,11 +369,12 @@ impl KeyedStream {
         let details = host::property(&["response", "code_details"]).ok().flatten();
         let via_upstream = details.as_deref() == Some(VIA_UPSTREAM);
         let recording = self.recording.take();
-        let result = now_ms().and_then(|now| match (&recording, via_upstream && response_ended) {
-            (Some(r), true) => {
+        let result = now_ms().and_then(|now| match &recording {
+            Some(r) if via_upstream && response_ended => {
                 let kept = r.keep.then_some(&r.response);
                 store.complete(&ticket, r.response.status, kept, now)
             }
+            Some(r) if r.from_upstream => store.complete(&ticket, r.response.status, None, now),
             _ => store.release(&ticket, now),
         });
         match result {

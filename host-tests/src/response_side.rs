@@ -92,11 +92,16 @@ impl Vm {
             s.response_headers = Some(delivered.headers.clone());
             s.info
                 .insert("response.code".into(), int(delivered.status.into()));
-            s.info.insert("response.flags".into(), int(delivered.flags));
-            s.info.insert(
-                "response.code_details".into(),
-                delivered.details.clone().into_bytes(),
-            );
+            // An upstream response that will be cut later is, at its headers, still an ordinary
+            // `via_upstream` answer with no flags: Envoy records the reset only when it happens.
+            let (head_flags, head_details) = if delivered.local || delivered.complete {
+                (delivered.flags, delivered.details.clone())
+            } else {
+                (0, "via_upstream".to_string())
+            };
+            s.info.insert("response.flags".into(), int(head_flags));
+            s.info
+                .insert("response.code_details".into(), head_details.into_bytes());
             let body = chunks(&delivered.body, chunk_bytes);
             let eos = body.is_empty() && delivered.complete;
             let count = delivered.headers.len();
