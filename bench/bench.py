@@ -209,6 +209,10 @@ def main():
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        if proc.returncode == 0 or proc.returncode == -signal.SIGTERM:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"envoy exited with {proc.returncode}; its files are in {work}", file=sys.stderr)
 
     def median(values):
         values = sorted(v for v in values if v is not None)
