@@ -192,9 +192,12 @@ def _worker(port, seed, t0, stop_at, budget, tally: Tally):
                 tally.inc("nokey_400" if r.status == 400 else "nokey_other")
                 continue
             if cls == "post_key" and beh == "mid":
-                # A stale connection may have reset the first attempt (503, key released, the
-                # mid-body action not yet applied): re-send once, like any client would.
-                if r.status == 503 and r.error is None:
+                # Stale connections may reset the first attempts (503, key released, the mid-body
+                # action not yet applied): re-send, like any client would, a bounded number of
+                # times (two stale resets in a row were seen on a loaded machine).
+                tries = 0
+                while r.status == 503 and r.error is None and tries < 3:
+                    tries += 1
                     tally.inc("keyed_resent_after_503")
                     r = c.request(method, path, headers, body)
                     tally.status("post_key_retry", r)
