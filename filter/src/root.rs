@@ -28,6 +28,9 @@ pub struct Root {
     shared: Option<Rc<Shared>>,
 }
 
+/// How often the root context re-reads the host's log level.
+const LOG_LEVEL_REFRESH_MS: u32 = 2_000;
+
 impl Context for Root {}
 
 impl RootContext for Root {
@@ -38,6 +41,9 @@ impl RootContext for Root {
 
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         logger::refresh();
+        // Follow runtime log-level changes (Envoy's admin `/logging`) without a per-request
+        // host call. Hosts without ticks keep the level read here.
+        let _ = host::set_tick_period_ms(LOG_LEVEL_REFRESH_MS);
         let metrics = self.metrics.get_or_insert_with(|| {
             let (metrics, refused) = Metrics::define();
             if refused > 0 {
@@ -102,6 +108,10 @@ impl RootContext for Root {
             idempotency,
         }));
         true
+    }
+
+    fn on_tick(&mut self) {
+        logger::refresh();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -156,3 +156,28 @@ fn a_retriable_503_that_exhausts_its_retries_is_the_upstreams_answer_with_urx() 
         "completed, not upstream_reset"
     );
 }
+
+#[test]
+fn a_runtime_log_level_change_reaches_the_filter_on_its_next_tick() {
+    let mut host = host_tests::Host::builder()
+        .config(r#"{"client_abort": {"log_level": "debug"}}"#)
+        .start()
+        .unwrap();
+    let abort = || Request::get("/").upstream(vec![slow(200)]).abort_after(50);
+    let debug_aborts = |host: &host_tests::Host| {
+        host.logs_at(LogLevel::Debug)
+            .iter()
+            .filter(|l| l.contains("client_abort"))
+            .count()
+    };
+    host.exchange(abort());
+    assert_eq!(debug_aborts(&host), 0, "info level: no debug line");
+
+    // The operator raises the level (Envoy's admin /logging); requests never ask for it.
+    host.shared().log_level = LogLevel::Debug;
+    host.exchange(abort());
+    assert_eq!(debug_aborts(&host), 0, "not before the root context's tick");
+    host.advance(2_000).unwrap();
+    host.exchange(abort());
+    assert_eq!(debug_aborts(&host), 1);
+}
