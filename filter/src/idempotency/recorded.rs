@@ -222,4 +222,40 @@ mod tests {
             "a blanked slot"
         );
     }
+
+    /// Shared data is writable by any plugin with the same `vm_id`: whatever bytes a slot or an
+    /// index holds, decoding answers `None` or a value, never a panic (which would trap the VM).
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let valid = RecordedResponse {
+            status: 200,
+            headers: pairs(&[("a", "b")]),
+            body: b"xyz".to_vec(),
+        }
+        .encode(&[3; 16], 42)
+        .unwrap();
+        for round in 0..20_000 {
+            let mut raw = if round % 2 == 0 {
+                valid.clone()
+            } else {
+                vec![0; (next() % 200) as usize]
+            };
+            // Flip a few bytes (sizes and counts included) of a valid or a random buffer.
+            for _ in 0..(next() % 6) {
+                if !raw.is_empty() {
+                    let at = (next() % raw.len() as u64) as usize;
+                    raw[at] = next() as u8;
+                }
+            }
+            let _ = RecordedResponse::decode(&raw, &[3; 16], 42);
+            let _ = crate::idempotency::index::ShardIndex::decode(&raw);
+        }
+    }
 }
