@@ -212,6 +212,19 @@ mod tests {
     }
 
     #[test]
+    fn http3_post_connect_failure_is_for_idempotent_methods_only() {
+        // Envoy retries any failure after an HTTP/3 handshake under it, sent request or not.
+        let p = policy(r#"{"retry": {"on": ["http3-post-connect-failure", "connect-failure"]}}"#);
+        let unsent = p.plan(RetrySafety::Unsafe).unwrap();
+        assert_eq!(header(unsent, RETRY_ON), Some("connect-failure"));
+        let full = p.plan(RetrySafety::Idempotent).unwrap();
+        assert_eq!(
+            header(full, RETRY_ON),
+            Some("http3-post-connect-failure,connect-failure")
+        );
+    }
+
+    #[test]
     fn nothing_unsent_safe_configured_means_nothing_armed_for_unsafe_methods() {
         let p = policy(r#"{"retry": {"on": ["5xx"]}}"#);
         assert!(p.plan(RetrySafety::Unsafe).is_none());

@@ -52,14 +52,12 @@ impl RetryOn {
     }
 
     /// Conditions under which the request provably never reached the upstream application, so
-    /// retrying cannot apply it twice (RFC 9110 §9.2.2).
+    /// retrying cannot apply it twice (RFC 9110 §9.2.2). Not `http3-post-connect-failure`: Envoy
+    /// retries any failure after an HTTP/3 handshake with it, sent request or not.
     pub fn proves_request_unsent(self) -> bool {
         matches!(
             self,
-            RetryOn::ConnectFailure
-                | RetryOn::RefusedStream
-                | RetryOn::ResetBeforeRequest
-                | RetryOn::Http3PostConnectFailure
+            RetryOn::ConnectFailure | RetryOn::RefusedStream | RetryOn::ResetBeforeRequest
         )
     }
 }
