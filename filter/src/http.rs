@@ -80,7 +80,7 @@ impl HttpFilter {
 
         let mut safety = shared.retry.safety_of_method(&self.method);
         let mut action = Action::Continue;
-        if let Some(idem) = idempotency.filter(|i| i.scope.requires_key(head.method, head.path)) {
+        if let Some(idem) = idempotency.filter(|i| i.scope.applies_to(&head)) {
             let check = keyed_stream::check(idem, &head, end_of_stream, &shared.metrics);
             if check.valid_key && idem.config.retry_keyed_requests && safety == RetrySafety::Unsafe
             {
@@ -239,6 +239,9 @@ impl HttpContext for HttpFilter {
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         self.response.ended = true;
+        if let Some(keyed) = self.keyed.as_mut() {
+            keyed.on_response_trailers();
+        }
         Action::Continue
     }
 

@@ -17,6 +17,10 @@ use proxy_wasm::types::Action;
 /// `response.code_details` of a response the upstream sent (anything else the proxy made up).
 const VIA_UPSTREAM: &[u8] = b"via_upstream";
 
+/// Upstream answers that ask the client to retry later (429 Too Many Requests, 503 Service
+/// Unavailable): the key is released, not completed.
+const RETRY_LATER: [u16; 2] = [429, 503];
+
 /// What the key check at request headers decided.
 pub struct KeyCheck {
     /// A syntactically valid key is present (the request may be retried as keyed-idempotent).
@@ -340,6 +344,15 @@ impl KeyedStream {
         });
     }
 
+    /// Trailers are not stored: a response that has them completes the key unreplayable, since
+    /// a replay without them would be a different answer.
+    pub fn on_response_trailers(&mut self) {
+        if let Some(recording) = self.recording.as_mut() {
+            recording.keep = false;
+            recording.response.body = Vec::new();
+        }
+    }
+
     /// Copies each response chunk as it passes (never pausing the response).
     pub fn on_response_body(&mut self, idem: &Idempotency, body_size: usize) {
         let Some(recording) = self.recording.as_mut().filter(|r| r.keep) else {
@@ -370,6 +383,11 @@ impl KeyedStream {
         let via_upstream = details.as_deref() == Some(VIA_UPSTREAM);
         let recording = self.recording.take();
         let result = now_ms().and_then(|now| match &recording {
+            // "Try again later" from the upstream: storing it would answer every retry of this
+            // key with the same refusal for the whole TTL.
+            Some(r) if via_upstream && RETRY_LATER.contains(&r.response.status) => {
+                store.release(&ticket, now)
+            }
             Some(r) if via_upstream && response_ended => {
                 let kept = r.keep.then_some(&r.response);
                 store.complete(&ticket, r.response.status, kept, now)

@@ -17,6 +17,8 @@ pub struct RequestHead<'a> {
     pub scope_values: Vec<(usize, &'a [u8])>,
     /// The declared body size, so an oversized body is refused before the upstream is contacted.
     pub content_length: Option<u64>,
+    /// A gRPC call (`content-type: application/grpc…`): keys do not apply (see `applies_to`).
+    pub grpc: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +57,12 @@ impl KeyScope {
             && (self.prefixes.is_empty() || self.prefixes.iter().any(|p| path.starts_with(p)))
     }
 
+    /// Whether this request must carry a key. gRPC calls are POSTs too, but a gRPC client cannot
+    /// send the header nor read a problem+json answer, and their trailers cannot be replayed.
+    pub fn applies_to(&self, head: &RequestHead<'_>) -> bool {
+        !head.grpc && self.requires_key(head.method, head.path)
+    }
+
     /// Collects one header of the request if the idempotency layer cares about it.
     pub fn observe<'a>(&self, head: &mut RequestHead<'a>, name: &[u8], value: &'a [u8]) {
         if name == self.header.as_slice() {
@@ -63,6 +71,8 @@ impl KeyScope {
             head.scope_values.push((i, value));
         } else if name == b"content-length" {
             head.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        } else if name == b"content-type" {
+            head.grpc = value.starts_with(b"application/grpc");
         }
     }
 }
@@ -126,6 +136,24 @@ mod tests {
         assert!(some.requires_key(b"POST", b"/payments"));
         assert!(!some.requires_key(b"POST", b"/order"));
         assert!(!some.requires_key(b"POST", b"/"));
+    }
+
+    #[test]
+    fn grpc_calls_are_exempt() {
+        let s = scope(r#"{"idempotency": {}}"#);
+        for (ct, applies) in [
+            ("application/grpc", false),
+            ("application/grpc+proto", false),
+            ("application/grpc-web", false),
+            ("application/json", true),
+        ] {
+            assert_eq!(
+                s.applies_to(&head(&s, &[("content-type", ct)])),
+                applies,
+                "{ct}"
+            );
+        }
+        assert!(s.applies_to(&head(&s, &[])));
     }
 
     fn head<'a>(s: &KeyScope, headers: &[(&'a str, &'a str)]) -> RequestHead<'a> {
