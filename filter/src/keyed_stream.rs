@@ -2,6 +2,7 @@
 //! body, asks the store, answers or resumes, records the upstream response, and at `on_log`
 //! stores it or releases the key. The decisions themselves live in `idempotency`.
 
+use crate::config::UnknownOutcome;
 use crate::host::{self, BufferType, MapType};
 use crate::idempotency::index::Identity;
 use crate::idempotency::index::Peek;
@@ -12,6 +13,7 @@ use crate::idempotency::store::{Claim, Finish, Report, StoreError, Ticket};
 use crate::idempotency::verdict::{Judgement, Verdict};
 use crate::idempotency::Idempotency;
 use crate::metrics::{Counter, Metrics};
+use crate::outcome;
 use proxy_wasm::types::Action;
 
 /// `response.code_details` of a response the upstream sent (anything else the proxy made up).
@@ -393,6 +395,10 @@ impl KeyedStream {
                 store.complete(&ticket, r.response.status, kept, now)
             }
             Some(r) if r.from_upstream => store.complete(&ticket, r.response.status, None, now),
+            _ if idem.config.unknown_outcome == UnknownOutcome::Complete && may_have_run() => {
+                let status = recording.as_ref().map_or(0, |r| r.response.status);
+                store.complete(&ticket, status, None, now)
+            }
             _ => store.release(&ticket, now),
         });
         match result {
@@ -418,6 +424,20 @@ impl KeyedStream {
             }
         }
     }
+}
+
+/// Whether a request that got no upstream answer may still have been applied: an upstream
+/// request was made (`upstream.address` is set) and no flag proves it was never sent.
+fn may_have_run() -> bool {
+    let flags = host::property(&["response", "flags"])
+        .ok()
+        .flatten()
+        .and_then(|raw| outcome::decode_u64(&raw))
+        .unwrap_or(0);
+    if outcome::proves_request_unsent(flags) {
+        return false;
+    }
+    matches!(host::property(&["upstream", "address"]), Ok(Some(a)) if !a.is_empty())
 }
 
 fn read_request_body(size: usize) -> Result<Vec<u8>, StoreError> {

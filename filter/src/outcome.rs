@@ -26,6 +26,18 @@ pub mod flags {
         | UPSTREAM_CONNECTION_TERMINATION;
 }
 
+/// Flags proving the upstream never received the request (connect failure, overflow, no healthy
+/// host, no route), unless a flag says an upstream request did start.
+pub fn proves_request_unsent(f: u64) -> bool {
+    const UNSENT: u64 = flags::UPSTREAM_CONNECTION_FAILURE | flags::UPSTREAM_OVERFLOW | 0x2 | 0x100;
+    const MAYBE_SENT: u64 = flags::LOCAL_RESET
+        | flags::UPSTREAM_REMOTE_RESET
+        | flags::UPSTREAM_CONNECTION_TERMINATION
+        | 0x4 // UT: upstream request timeout
+        | 0x80_0000; // UPE: upstream protocol error
+    f & UNSENT != 0 && f & MAYBE_SENT == 0
+}
+
 /// `response.code_details` Envoy sets when the client disconnected.
 pub const DOWNSTREAM_DISCONNECT_DETAILS: &[u8] = b"downstream_remote_disconnect";
 
@@ -222,6 +234,25 @@ mod tests {
             Outcome::Truncated
         );
         assert_eq!(classify(mid_body, None, None), Outcome::Incomplete);
+    }
+
+    #[test]
+    fn only_connect_failures_and_the_like_prove_a_request_unsent() {
+        assert!(proves_request_unsent(flags::UPSTREAM_CONNECTION_FAILURE));
+        assert!(proves_request_unsent(flags::UPSTREAM_OVERFLOW));
+        assert!(proves_request_unsent(
+            0x2 | flags::UPSTREAM_RETRY_LIMIT_EXCEEDED
+        ));
+        assert!(!proves_request_unsent(0));
+        assert!(!proves_request_unsent(
+            flags::UPSTREAM_CONNECTION_TERMINATION
+        ));
+        assert!(!proves_request_unsent(
+            flags::DOWNSTREAM_CONNECTION_TERMINATION
+        ));
+        // A first attempt reset after sending, a retry that could not connect: maybe applied.
+        let mixed = flags::UPSTREAM_CONNECTION_TERMINATION | flags::UPSTREAM_CONNECTION_FAILURE;
+        assert!(!proves_request_unsent(mixed));
     }
 
     #[test]

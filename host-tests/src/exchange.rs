@@ -74,6 +74,9 @@ pub(crate) fn local_reply(
 
 /// Records the upstream request the router had started (headers sent, the request not yet
 /// complete) when Envoy ends the stream without completing it: the router resets it.
+/// `upstream.address` of the modelled upstream host.
+const UPSTREAM_ADDRESS: &[u8] = b"127.0.0.1:8080";
+
 fn cut_upstream(flight: &InFlight, out: &mut Exchange) {
     let Some(mut headers) = flight.routed_headers.clone() else {
         return;
@@ -153,6 +156,10 @@ impl Vm {
                             headers: headers.clone(),
                             body: flight.forwarded.clone(),
                         });
+                        // Envoy records the upstream host once a request went to it.
+                        stream(self, flight.context)
+                            .info
+                            .insert("upstream.address".into(), UPSTREAM_ADDRESS.to_vec());
                     }
                 }
                 if let Some(at) = cut {

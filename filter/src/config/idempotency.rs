@@ -31,6 +31,18 @@ pub enum WhenFull {
     PassThrough,
 }
 
+/// What a claim becomes when the request may have reached the upstream but no upstream answer
+/// came back (a reset after sending, a timeout, a client abort before the answer).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum UnknownOutcome {
+    /// Release the key so the client's retry runs (the draft's behaviour; the upstream may see
+    /// the request twice if it applied it before failing).
+    Release,
+    /// Complete the key without a response: a retry gets 409 `response-not-replayable`, the
+    /// request never runs twice. Failures that prove the request was never sent still release.
+    Complete,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyConfig {
     pub enabled: bool,
@@ -51,6 +63,7 @@ pub struct IdempotencyConfig {
     pub when_full: WhenFull,
     pub retry_keyed_requests: bool,
     pub require_store: bool,
+    pub unknown_outcome: UnknownOutcome,
 }
 
 impl Default for IdempotencyConfig {
@@ -73,6 +86,7 @@ impl Default for IdempotencyConfig {
             when_full: WhenFull::Reject,
             retry_keyed_requests: false,
             require_store: false,
+            unknown_outcome: UnknownOutcome::Release,
         }
     }
 }
@@ -140,6 +154,17 @@ impl IdempotencyConfig {
         };
         let retry_keyed_requests = r.bool("retry_keyed_requests", false)?;
         let require_store = r.bool("require_store", false)?;
+        let unknown_path = r.child_path("unknown_outcome");
+        let unknown_outcome = match r.string("unknown_outcome")? {
+            None | Some("release") => UnknownOutcome::Release,
+            Some("complete") => UnknownOutcome::Complete,
+            Some(other) => {
+                return Err(error(
+                    &unknown_path,
+                    format!("one of release, complete, got {other:?}"),
+                ))
+            }
+        };
         r.finish()?;
         let config = IdempotencyConfig {
             enabled,
@@ -158,6 +183,7 @@ impl IdempotencyConfig {
             when_full,
             retry_keyed_requests,
             require_store,
+            unknown_outcome,
         };
         if config.entries_per_shard() > ENTRIES_PER_SHARD_LIMIT {
             return Err(error(

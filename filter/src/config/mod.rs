@@ -6,7 +6,7 @@ pub mod reader;
 mod retry;
 
 pub use client_abort::{AbortLogLevel, ClientAbortConfig};
-pub use idempotency::{IdempotencyConfig, IdempotencyMode, WhenFull};
+pub use idempotency::{IdempotencyConfig, IdempotencyMode, UnknownOutcome, WhenFull};
 pub use reader::{ConfigError, ConfigResult};
 pub use retry::{RetryConfig, RetryOn, MAX_RETRIES_LIMIT, RFC9110_IDEMPOTENT};
 
