@@ -155,6 +155,26 @@ impl ShardIndex {
     }
 
     /// Drops entries past their TTL or lock deadline (done on every shard write).
+    /// Pulls deadlines that lie further ahead than any entry could have been given back to the
+    /// longest legal horizon. The host clock is wall time: an entry written while it ran ahead
+    /// would otherwise hold its shard's capacity (or its lock) for the size of the jump once the
+    /// clock is corrected. Returns whether anything changed.
+    pub fn clamp_to_horizon(&mut self, now_ms: u64, lock_timeout_ms: u64, ttl_ms: u64) -> bool {
+        let mut changed = false;
+        for e in &mut self.entries {
+            let (deadline, horizon) = match &mut e.state {
+                EntryState::InFlight { lock_deadline_ms } => (lock_deadline_ms, lock_timeout_ms),
+                EntryState::Completed { expiry_ms, .. } => (expiry_ms, ttl_ms),
+            };
+            let latest = now_ms.saturating_add(horizon);
+            if *deadline > latest {
+                *deadline = latest;
+                changed = true;
+            }
+        }
+        changed
+    }
+
     pub fn reclaim(&mut self, now_ms: u64) -> Reclaimed {
         let mut reclaimed = Reclaimed::default();
         self.entries.retain(|e| {
@@ -368,6 +388,28 @@ mod tests {
         let mut bad_kind = raw.clone();
         bad_kind[HEADER_LEN + 44] = 0;
         assert_eq!(ShardIndex::decode(&bad_kind), None);
+    }
+
+    #[test]
+    fn deadlines_from_a_clock_that_ran_ahead_are_pulled_back() {
+        let year = 365 * 86_400_000;
+        let mut index = ShardIndex::default();
+        // Claimed and completed while the wall clock was a year ahead.
+        assert_eq!(
+            index.decide(&ID_A, &FP, 7, year, 500, 4),
+            Decision::Claim { slot: 0 }
+        );
+        assert_eq!(
+            index.decide(&ID_B, &FP, 8, year, 500, 4),
+            Decision::Claim { slot: 1 }
+        );
+        assert!(index.complete(&ID_B, 8, 201, year + 9_000, true));
+        // The clock is corrected: without clamping both would live for another year.
+        assert!(index.clamp_to_horizon(1_000, 500, 9_000));
+        assert!(!index.clamp_to_horizon(1_000, 500, 9_000), "idempotent");
+        let reclaimed = index.reclaim(10_001);
+        assert_eq!((reclaimed.lock_expired, reclaimed.expired), (1, 1));
+        assert!(index.entries.is_empty());
     }
 
     #[test]

@@ -164,6 +164,11 @@ impl<K: SharedKv> ShardedStore<K> {
         (low % u64::from(self.limits.shards)) as u32
     }
 
+    /// See `ShardIndex::clamp_to_horizon`: the host clock is wall time and may have jumped.
+    fn clamp(&self, index: &mut ShardIndex, now_ms: u64) -> bool {
+        index.clamp_to_horizon(now_ms, self.limits.lock_timeout_ms, self.limits.ttl_ms)
+    }
+
     fn shard_key(&self, shard: u32) -> String {
         format!("{}/shard/{shard}", self.prefix)
     }
@@ -188,9 +193,10 @@ impl<K: SharedKv> ShardedStore<K> {
             let (raw, cas) = self.kv.get(&key)?.ok_or(StoreError::NotInitialized)?;
             // A corrupt shard (not written by this format) starts over empty, by CAS like any write.
             let mut index = ShardIndex::decode(&raw).unwrap_or_default();
+            let clamped = self.clamp(&mut index, now_ms);
             let reclaimed = index.reclaim(now_ms);
             let (value, must_write) = change(&mut index);
-            if !must_write && !reclaimed.any() {
+            if !must_write && !reclaimed.any() && !clamped {
                 return Ok(Report {
                     value: Some(value),
                     reclaimed: Reclaimed::default(),
@@ -253,6 +259,7 @@ impl<K: SharedKv> IdempotencyStore for ShardedStore<K> {
         let key = self.shard_key(self.shard_of(identity));
         let (raw, _) = self.kv.get(&key)?.ok_or(StoreError::NotInitialized)?;
         let mut index = ShardIndex::decode(&raw).unwrap_or_default();
+        self.clamp(&mut index, now_ms);
         index.reclaim(now_ms);
         Ok(index.peek(identity, now_ms, self.limits.entries_per_shard))
     }
