@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import select
 import socket
-import threading
 import time
-from collections import Counter
 from typing import Optional
 
 import h2.config
@@ -31,7 +29,7 @@ import h2.events
 import h2.exceptions
 
 from .client import Response
-from .upstream import Request
+from .upstream import PlannedUpstream, Request
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -53,108 +51,13 @@ class _Stream:
         self.done = False  # answered, reset by us, or reset by the peer
 
 
-class ChaosH2Upstream:
+class ChaosH2Upstream(PlannedUpstream):
+    """The h2c chaos upstream (see the module doc); plans and counting are `PlannedUpstream`'s."""
+
     def __init__(self, default: Optional[dict] = None, name: str = "chaos-h2"):
-        self.name = name
-        self.default = default or {"action": "respond", "status": 200, "body": "ok"}
-        self._lock = threading.Lock()
-        self._plans: dict = {}
-        self.attempts_by_tag: Counter = Counter()
-        self.attempts_by_path: Counter = Counter()
-        self.requests: list = []          # every attempt (harness.upstream.Request)
-        self.attempt_times: list = []     # (monotonic time, tag) per attempt
+        super().__init__(default, name, backlog=128)
         self.resets_sent: list = []       # (tag, error code name)
         self.resets_received: list = []   # (tag, error code name): Envoy cancelled a stream
-        self.connections = 0
-        self._conns: set = set()
-        self._stopping = threading.Event()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(128)
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._threads: list = []
-        self._accept = threading.Thread(target=self._accept_loop, name=f"{name}-accept",
-                                        daemon=True)
-
-    # -- control ----------------------------------------------------------------------------------
-    def start(self) -> "ChaosH2Upstream":
-        self._accept.start()
-        return self
-
-    def plan(self, tag_or_path: str, actions: list) -> None:
-        with self._lock:
-            self._plans[tag_or_path] = list(actions)
-
-    def attempts(self, tag: str) -> int:
-        with self._lock:
-            return self.attempts_by_tag[tag]
-
-    def requests_for(self, tag: str) -> list:
-        with self._lock:
-            return [r for r in self.requests if r.tag == tag]
-
-    def attempts_after(self, tag: str, t: float) -> int:
-        with self._lock:
-            return sum(1 for at, tg in self.attempt_times if tg == tag and at > t)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        try:
-            self._listener.close()
-        except OSError:
-            pass
-        for t in [self._accept, *self._threads]:
-            if t.is_alive():
-                t.join(timeout=2)
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    # -- serving ----------------------------------------------------------------------------------
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self.connections += 1
-                conn_id = self.connections
-                self._conns.add(sock)
-            t = threading.Thread(target=self._serve, args=(sock, conn_id), daemon=True,
-                                 name=f"{self.name}-conn{conn_id}")
-            self._threads.append(t)
-            t.start()
-
-    def _choose(self, tag: Optional[str], path: str) -> dict:
-        """Records the attempt and returns its action."""
-        with self._lock:
-            self.attempts_by_path[path] += 1
-            if tag is not None:
-                self.attempts_by_tag[tag] += 1
-            self.attempt_times.append((time.monotonic(), tag))
-            if tag in self._plans:
-                plan, index = self._plans[tag], self.attempts_by_tag[tag] - 1
-            elif path in self._plans:
-                plan, index = self._plans[path], self.attempts_by_path[path] - 1
-            else:
-                return dict(self.default)
-        return dict(plan[min(index, len(plan) - 1)])
 
     def _serve(self, sock: socket.socket, conn_id: int) -> None:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(
@@ -194,26 +97,16 @@ class ChaosH2Upstream:
                     sock.sendall(out)
         except OSError:
             return
-        finally:
-            with self._lock:
-                self._conns.discard(sock)
-            try:
-                sock.close()
-            except OSError:
-                pass
 
     def _on_event(self, conn, ev, streams: dict, timers: list, conn_id: int) -> bool:
         """Returns False when the connection should be closed."""
         if isinstance(ev, h2.events.RequestReceived):
             st = _Stream(ev.stream_id, list(ev.headers), conn_id)
             streams[ev.stream_id] = st
-            st.action = self._choose(st.headers.get("x-scenario-request"),
-                                     st.headers.get(":path", ""))
-            with self._lock:
-                self.requests.append(Request(st.headers.get(":method", ""),
-                                             st.headers.get(":path", ""), st.headers,
-                                             st.raw_headers, b"", conn_id))
-                st.record = self.requests[-1]
+            st.record = Request(st.headers.get(":method", ""), st.headers.get(":path", ""),
+                                st.headers, st.raw_headers, b"", conn_id)
+            self._record(st.record)
+            st.action = self._choose(st.record)
             kind = st.action.get("action")
             if kind == "refuse_stream":
                 self._reset(conn, st, "REFUSED_STREAM")

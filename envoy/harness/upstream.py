@@ -70,36 +70,38 @@ def _rst_close(sock: socket.socket) -> None:
         pass
 
 
-class ChaosUpstream:
-    def __init__(self, default: DefaultBehaviour = None, stale_after_ms: Optional[int] = None,
-                 name: str = "chaos"):
+class PlannedUpstream:
+    """What every chaos upstream shares: a loopback listener, the per-attempt plans, attempt
+    counting (per path, tag and key, with times) and the control API. Subclasses speak the
+    protocol in `_serve(sock, conn_id)`, calling `_record` then `_choose` for each attempt."""
+
+    def __init__(self, default: DefaultBehaviour = None, name: str = "chaos", backlog: int = 512):
         self.name = name
         self.default: DefaultBehaviour = default or {"action": "respond", "status": 200,
                                                      "body": "ok"}
-        self.stale_after_ms = stale_after_ms
         self._lock = threading.Lock()
         self._plans: dict = {}
         self.attempts_by_path: Counter = Counter()
         self.attempts_by_tag: Counter = Counter()
         self.attempts_by_key: Counter = Counter()
+        self.attempt_times: list = []  # (monotonic time, tag) per attempt
         self.requests: list = []  # every attempt (Request), bounded by keep_requests
         self.keep_requests = 10_000
         self.total_attempts = 0
-        self.stale_resets = 0
         self.connections = 0
         self._conns: set = set()
         self._stopping = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(512)
+        self._listener.listen(backlog)
         self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._accept_loop, name=f"{name}-accept",
                                         daemon=True)
 
     # -- control ----------------------------------------------------------------------------------
-    def start(self) -> "ChaosUpstream":
+    def start(self):
         self._thread.start()
         return self
 
@@ -113,9 +115,9 @@ class ChaosUpstream:
             self.attempts_by_path.clear()
             self.attempts_by_tag.clear()
             self.attempts_by_key.clear()
+            self.attempt_times.clear()
             self.requests.clear()
             self.total_attempts = 0
-            self.stale_resets = 0
 
     def attempts(self, tag: str) -> int:
         with self._lock:
@@ -128,6 +130,10 @@ class ChaosUpstream:
     def path_attempts(self, path: str) -> int:
         with self._lock:
             return self.attempts_by_path[path]
+
+    def attempts_after(self, tag: str, t: float) -> int:
+        with self._lock:
+            return sum(1 for at, tg in self.attempt_times if tg == tag and at > t)
 
     def requests_for(self, tag: str) -> list:
         with self._lock:
@@ -173,10 +179,25 @@ class ChaosUpstream:
                 self.connections += 1
                 conn_id = self.connections
                 self._conns.add(conn)
-            threading.Thread(target=self._serve, args=(conn, conn_id), daemon=True,
+            threading.Thread(target=self._serve_and_forget, args=(conn, conn_id), daemon=True,
                              name=f"{self.name}-conn{conn_id}").start()
 
+    def _serve_and_forget(self, conn: socket.socket, conn_id: int) -> None:
+        try:
+            self._serve(conn, conn_id)
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _serve(self, conn: socket.socket, conn_id: int) -> None:
+        raise NotImplementedError
+
     def _choose(self, req: Request) -> Action:
+        """The action for an attempt already counted by `_record`."""
         with self._lock:
             key = req.tag if req.tag in self._plans else req.path
             plan = self._plans.get(key)
@@ -196,8 +217,24 @@ class ChaosUpstream:
                 self.attempts_by_tag[req.tag] += 1
             if req.key is not None:
                 self.attempts_by_key[req.key] += 1
+            self.attempt_times.append((req.received_at, req.tag))
             if len(self.requests) < self.keep_requests:
                 self.requests.append(req)
+
+
+class ChaosUpstream(PlannedUpstream):
+    """The HTTP/1.1 chaos upstream (see the module doc)."""
+
+    def __init__(self, default: DefaultBehaviour = None, stale_after_ms: Optional[int] = None,
+                 name: str = "chaos"):
+        super().__init__(default, name)
+        self.stale_after_ms = stale_after_ms
+        self.stale_resets = 0
+
+    def reset_counts(self) -> None:
+        super().reset_counts()
+        with self._lock:
+            self.stale_resets = 0
 
     def _serve(self, conn: socket.socket, conn_id: int) -> None:
         buf = b""
@@ -222,13 +259,6 @@ class ChaosUpstream:
                     return
         except (OSError, ValueError):
             pass
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-            try:
-                conn.close()
-            except OSError:
-                pass
 
     def _act(self, conn: socket.socket, req: Request, action: Action) -> bool:
         """Performs one action; returns whether the connection stays open."""
