@@ -4,7 +4,8 @@
 use crate::config::AbortLogLevel;
 use crate::host::{self, MapType};
 use crate::idempotency::scope::RequestHead;
-use crate::keyed_stream::{self, KeyedStream, Target};
+use crate::keyed_stream::{self, KeyedStream};
+use crate::logger;
 use crate::metrics::Counter;
 use crate::outcome::{self, Outcome, ResponseSeen};
 use crate::retry_policy::{is_client_retry_control, RetrySafety};
@@ -15,8 +16,6 @@ use std::rc::Rc;
 
 pub struct HttpFilter {
     shared: Option<Rc<Shared>>,
-    method: Vec<u8>,
-    path: Vec<u8>,
     response: ResponseSeen,
     /// Only for requests the idempotency layer dedupes; unkeyed requests never allocate it.
     keyed: Option<Box<KeyedStream>>,
@@ -26,17 +25,8 @@ impl HttpFilter {
     pub fn new(shared: Option<Rc<Shared>>) -> HttpFilter {
         HttpFilter {
             shared,
-            method: Vec::new(),
-            path: Vec::new(),
             response: ResponseSeen::default(),
             keyed: None,
-        }
-    }
-
-    fn target(&self) -> Target<'_> {
-        Target {
-            method: &self.method,
-            path: &self.path,
         }
     }
 
@@ -75,10 +65,7 @@ impl HttpFilter {
                 }
             }
         }
-        self.method = head.method.to_vec();
-        self.path = head.path.to_vec();
-
-        let mut safety = shared.retry.safety_of_method(&self.method);
+        let mut safety = shared.retry.safety_of_method(head.method);
         let mut action = Action::Continue;
         if let Some(idem) = idempotency.filter(|i| i.scope.applies_to(&head)) {
             let check = keyed_stream::check(idem, &head, end_of_stream, &shared.metrics);
@@ -155,22 +142,20 @@ impl HttpFilter {
         if abort.filter_state {
             let _ = host::set_property(&["resetguard_outcome"], result.as_str().as_bytes());
         }
-        let message = format_args!(
-            "resetguard: {} {} {}: {}",
-            result.as_str(),
-            String::from_utf8_lossy(&self.method),
-            String::from_utf8_lossy(&self.path),
-            match result {
+        let level = match (result, abort.log_level) {
+            (Outcome::ClientAbort, AbortLogLevel::Off) => return,
+            (Outcome::ClientAbort, AbortLogLevel::Debug) => log::Level::Debug,
+            _ => log::Level::Info,
+        };
+        if log::log_enabled!(level) {
+            let reason = match result {
                 Outcome::ClientAbort => "the client disconnected before the response completed",
                 Outcome::UpstreamReset => "the upstream reset or refused and no retry saved it",
                 Outcome::Truncated => "the response was cut off after it started",
                 _ => "the stream ended early for a reason the host does not report",
-            }
-        );
-        match (result, abort.log_level) {
-            (Outcome::ClientAbort, AbortLogLevel::Off) => {}
-            (Outcome::ClientAbort, AbortLogLevel::Debug) => log::debug!("{message}"),
-            _ => log::info!("{message}"),
+            };
+            let line = logger::request_line();
+            log::log!(level, "resetguard: {} {line}: {reason}", result.as_str());
         }
     }
 }
@@ -186,33 +171,31 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(shared), Some(mut keyed)) = (self.shared.clone(), self.keyed.take()) else {
-            return Action::Continue;
-        };
-        let action = match &shared.idempotency {
-            Some(idem) => keyed.on_request_body(
-                idem,
-                body_size,
-                end_of_stream,
-                &shared.metrics,
-                self.target(),
-            ),
-            None => Action::Continue,
-        };
-        self.keyed = Some(keyed);
-        action
+        match (self.shared.as_deref(), self.keyed.as_mut()) {
+            (
+                Some(Shared {
+                    idempotency: Some(idem),
+                    metrics,
+                    ..
+                }),
+                Some(keyed),
+            ) => keyed.on_request_body(idem, body_size, end_of_stream, metrics),
+            _ => Action::Continue,
+        }
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        let (Some(shared), Some(mut keyed)) = (self.shared.clone(), self.keyed.take()) else {
-            return Action::Continue;
-        };
-        let action = match &shared.idempotency {
-            Some(idem) => keyed.on_request_trailers(idem, &shared.metrics, self.target()),
-            None => Action::Continue,
-        };
-        self.keyed = Some(keyed);
-        action
+        match (self.shared.as_deref(), self.keyed.as_mut()) {
+            (
+                Some(Shared {
+                    idempotency: Some(idem),
+                    metrics,
+                    ..
+                }),
+                Some(keyed),
+            ) => keyed.on_request_trailers(idem, metrics),
+            _ => Action::Continue,
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

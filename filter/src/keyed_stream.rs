@@ -12,6 +12,7 @@ use crate::idempotency::scope::{fingerprint, identity, RequestHead};
 use crate::idempotency::store::{Claim, Finish, Report, StoreError, Ticket};
 use crate::idempotency::verdict::{Judgement, Verdict};
 use crate::idempotency::Idempotency;
+use crate::logger;
 use crate::metrics::{Counter, Metrics};
 use crate::outcome;
 use proxy_wasm::types::Action;
@@ -54,28 +55,20 @@ struct Recording {
     from_upstream: bool,
 }
 
-/// The request, for log lines (never the key or scope header values).
-#[derive(Copy, Clone)]
-pub struct Target<'a> {
-    pub method: &'a [u8],
-    pub path: &'a [u8],
-}
-
 /// Where a judgement left the request.
 enum Applied {
     Proceed(Option<Ticket>),
     Answered,
 }
 
-fn apply(judgement: Judgement, metrics: &Metrics, what: Target<'_>) -> Applied {
+fn apply(judgement: Judgement, metrics: &Metrics) -> Applied {
     for counter in &judgement.counters {
         metrics.inc(*counter);
     }
     if let Some(would) = judgement.would_have {
         log::info!(
-            "resetguard: idempotency report-only: {} {} would have been answered {would}",
-            String::from_utf8_lossy(what.method),
-            String::from_utf8_lossy(what.path),
+            "resetguard: idempotency report-only: {} would have been answered {would}",
+            logger::request_line(),
         );
     }
     let sent = match &judgement.verdict {
@@ -132,10 +125,6 @@ pub fn check(
     metrics: &Metrics,
 ) -> KeyCheck {
     let config = &idem.config;
-    let what = Target {
-        method: head.method,
-        path: head.path,
-    };
     let parsed = match head.key_values.as_slice() {
         [] => parse_key(None, config.max_key_length),
         [one] => parse_key(Some(one), config.max_key_length),
@@ -147,7 +136,7 @@ pub fn check(
             let judgement = idem
                 .rules
                 .key_error(error, &config.header, config.max_key_length);
-            let applied = apply(judgement, metrics, what);
+            let applied = apply(judgement, metrics);
             return KeyCheck {
                 valid_key: false,
                 action: action_of(&applied),
@@ -162,7 +151,6 @@ pub fn check(
         let applied = apply(
             idem.rules.body_too_large(config.max_request_body_bytes),
             metrics,
-            what,
         );
         return KeyCheck {
             valid_key: true,
@@ -180,7 +168,7 @@ pub fn check(
     let seed = match store.seed() {
         Ok(seed) => seed,
         Err(e) => {
-            let applied = apply(idem.rules.store_error(e), metrics, what);
+            let applied = apply(idem.rules.store_error(e), metrics);
             return KeyCheck {
                 valid_key: true,
                 action: action_of(&applied),
@@ -201,7 +189,7 @@ pub fn check(
             Ok(Peek::Absent | Peek::Completed) | Err(_) => None,
         };
         if let Some(judgement) = early {
-            let applied = apply(judgement, metrics, what);
+            let applied = apply(judgement, metrics);
             return KeyCheck {
                 valid_key: true,
                 action: action_of(&applied),
@@ -221,7 +209,7 @@ pub fn check(
     // body from this filter too. The router may thus open the upstream request of a replay or a
     // 422, but the upstream never gets its body (Envoy resets that upstream stream).
     let action = if end_of_stream {
-        stream.decide(idem, Ok(Vec::new()), metrics, what)
+        stream.decide(idem, Ok(Vec::new()), metrics)
     } else {
         Action::Continue
     };
@@ -238,7 +226,6 @@ impl KeyedStream {
         idem: &Idempotency,
         body: Result<Vec<u8>, StoreError>,
         metrics: &Metrics,
-        what: Target<'_>,
     ) -> Action {
         let claim = body.and_then(|body| {
             let fingerprint = fingerprint(&self.seed, &body);
@@ -256,7 +243,7 @@ impl KeyedStream {
                 idem.rules.store_error(e)
             }
         };
-        let applied = apply(judgement, metrics, what);
+        let applied = apply(judgement, metrics);
         match &applied {
             Applied::Proceed(ticket) => {
                 self.ticket = *ticket;
@@ -274,7 +261,6 @@ impl KeyedStream {
         body_size: usize,
         end_of_stream: bool,
         metrics: &Metrics,
-        what: Target<'_>,
     ) -> Action {
         match self.phase {
             Phase::AwaitingBody { .. } => {}
@@ -289,7 +275,6 @@ impl KeyedStream {
                 idem.rules
                     .body_too_large(idem.config.max_request_body_bytes),
                 metrics,
-                what,
             );
             self.phase = match applied {
                 Applied::Proceed(_) => Phase::Upstream,
@@ -300,20 +285,13 @@ impl KeyedStream {
         if !end_of_stream {
             return Action::Pause;
         }
-        self.decide(idem, read_request_body(body_size), metrics, what)
+        self.decide(idem, read_request_body(body_size), metrics)
     }
 
     /// A request with trailers ends here rather than in a body callback.
-    pub fn on_request_trailers(
-        &mut self,
-        idem: &Idempotency,
-        metrics: &Metrics,
-        what: Target<'_>,
-    ) -> Action {
+    pub fn on_request_trailers(&mut self, idem: &Idempotency, metrics: &Metrics) -> Action {
         match self.phase {
-            Phase::AwaitingBody { seen } => {
-                self.decide(idem, read_request_body(seen), metrics, what)
-            }
+            Phase::AwaitingBody { seen } => self.decide(idem, read_request_body(seen), metrics),
             Phase::Upstream => Action::Continue,
             Phase::Answered => Action::Pause,
         }

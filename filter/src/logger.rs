@@ -52,3 +52,16 @@ fn host_level() -> LevelFilter {
         Err(_) => LevelFilter::Info,
     }
 }
+
+/// `METHOD path` of the current request, for the rare log line that names it. Read from the
+/// header map when needed, so requests that log nothing copy nothing.
+pub fn request_line() -> String {
+    let part = |name| {
+        host::header(host::MapType::RequestHeaders, name)
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_else(|| "-".to_string())
+    };
+    format!("{} {}", part(":method"), part(":path"))
+}
