@@ -57,18 +57,24 @@ def test_post_reset_after_sent_is_not_retried(envoy, upstream):
     assert line.startswith("503 UC upstream_reset "), line
 
 
+def _post_with_client_retry_headers(port, upstream, tag, hdrs):
+    """A POST whose first attempt is reset, then a clean POST that shows what reached the
+    upstream; returns (reset POST's response, its attempts, headers the upstream received)."""
+    upstream.plan(tag, [RESET, OK])
+    r = client.request(port, "POST", "/orders", {**hdrs, "x-scenario-request": tag}, body=b"x")
+    attempts = upstream.attempts(tag)
+    upstream.plan(f"{tag}-ok", [OK])
+    ok = client.request(port, "POST", "/orders", {**hdrs, "x-scenario-request": f"{tag}-ok"},
+                        body=b"x")
+    assert ok.status == 200, ok
+    return r, attempts, upstream.requests_for(f"{tag}-ok")[0].headers
+
+
 def test_client_retry_header_on_post_changes_nothing_default_listener(envoy, upstream):
-    upstream.plan("post-client-hdr", [RESET, OK])
-    hdrs = {"x-scenario-request": "post-client-hdr", "x-envoy-retry-on": "reset",
-            "x-envoy-max-retries": "5"}
-    r = client.request(envoy.port, "POST", "/orders", hdrs, body=b"x")
-    assert r.status == 503 and upstream.attempts("post-client-hdr") == 1, r
-    # A successful POST shows what reached the upstream: no client retry controls.
-    upstream.plan("post-client-hdr-ok", [OK])
-    r = client.request(envoy.port, "POST", "/orders",
-                       {**hdrs, "x-scenario-request": "post-client-hdr-ok"}, body=b"x")
-    assert r.status == 200
-    seen = upstream.requests_for("post-client-hdr-ok")[0].headers
+    hdrs = {"x-envoy-retry-on": "reset", "x-envoy-max-retries": "5"}
+    r, attempts, seen = _post_with_client_retry_headers(envoy.port, upstream, "post-client-hdr",
+                                                        hdrs)
+    assert r.status == 503 and attempts == 1, r
     assert "x-envoy-retry-on" not in seen and "x-envoy-max-retries" not in seen, seen
 
 
@@ -100,15 +106,9 @@ def test_client_retry_header_on_post_internal_clients(envoy_factory, upstream, d
     guarded = envoy_factory(template="resetguard-internal-clients.yaml", plugin_config={},
                             upstream_port=upstream.port, dead_port=dead_port, name="guarded")
     before = guarded.filter_counters()
-    upstream.plan("internal-guarded", [RESET, OK])
-    r = client.request(guarded.port, "POST", "/orders",
-                       {**hdrs, "x-scenario-request": "internal-guarded"}, body=b"x")
-    assert r.status == 503 and upstream.attempts("internal-guarded") == 1, r
-    upstream.plan("internal-guarded-ok", [OK])
-    r = client.request(guarded.port, "POST", "/orders",
-                       {**hdrs, "x-scenario-request": "internal-guarded-ok"}, body=b"x")
-    assert r.status == 200
-    seen = upstream.requests_for("internal-guarded-ok")[0].headers
+    r, attempts, seen = _post_with_client_retry_headers(guarded.port, upstream,
+                                                        "internal-guarded", hdrs)
+    assert r.status == 503 and attempts == 1, r
     assert "x-envoy-retry-on" not in seen and "x-envoy-max-retries" not in seen, seen
     after = wait_outcomes(guarded, before, 2)
     assert counters_delta(before, after).get("resetguard.retry.client_headers_stripped") == 2
