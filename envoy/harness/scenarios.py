@@ -55,7 +55,7 @@ def run(scenario: dict, run_dir: Path) -> list:
         return _run_rejected(scenario, run_dir)
     up = ChaosUpstream(name=name).start()
     dead = DeadPort()
-    envoy = Envoy(plugin_config=config if config != {} else {}, upstream_port=up.port,
+    envoy = Envoy(plugin_config=config, upstream_port=up.port,
                   dead_port=dead.port, run_dir=run_dir, name=name)
     failures: list = []
     try:
@@ -69,7 +69,7 @@ def run(scenario: dict, run_dir: Path) -> list:
                 _run_one_measured(scenario, step, envoy, up, failures)
         if "expect_metrics" in scenario:
             want = scenario["expect_metrics"]
-            after = envoy.wait_for(lambda: _metrics_match(envoy, before_all, want), timeout=3)
+            envoy.wait_for(lambda: _metrics_match(envoy, before_all, want), timeout=3)
             got = _delta(before_all, envoy.filter_counters())
             for k, v in want.items():
                 if got.get(k, 0) != v:

@@ -80,7 +80,7 @@ def envoy_factory(run_dir, request):
     for e in started:
         if failed is not None and failed.failed:
             print(f"\n--- {e.run_dir} log tail ---\n{e.log_tail(25)}")
-            print(f"--- access log ---\n" + "\n".join(e.access_log()[-15:]))
+            print("--- access log ---\n" + "\n".join(e.access_log()[-15:]))
         e.stop()
 
 

@@ -7,7 +7,6 @@ at the limit (3 attempts); the case also runs with max_retries 3 as in the issue
 import pytest
 
 from harness import client, paths
-from harness.envoy import render_config
 from helpers import counters_delta, wait_access_log, wait_outcomes
 
 RESET = {"action": "reset_before_headers"}

@@ -1,8 +1,7 @@
 """Issue 5, the real-Envoy proofs of the Idempotency-Key contract (Envoy --concurrency 2).
 
-Written against the contract; every test skips with a printed reason while the built filter
-rejects the `idempotency` config section. Names of config fields, headers and problem types are
-data below, so a contract rename is a one-line change.
+Names of config fields, headers and problem types are data below, so a contract rename is a
+one-line change.
 """
 
 import json
@@ -15,7 +14,6 @@ import uuid
 import pytest
 
 from harness import client, paths
-from harness.capabilities import skip_unless
 from harness.results import record
 
 # -- the contract, as data --------------------------------------------------------------------------
@@ -39,11 +37,6 @@ def idem_config(**overrides):
                "retry_keyed_requests": False, "scope_headers": ["authorization"]}
     section.update(overrides)
     return {"idempotency": section}
-
-
-@pytest.fixture(autouse=True)
-def _requires_idempotency():
-    skip_unless("idempotency")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 disagreement between the mock host and Envoy cannot pass silently)."""
 
 import copy
-import json
 
 import pytest
 

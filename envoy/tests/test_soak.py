@@ -415,10 +415,10 @@ def _print_summary(data):
     print(f"[soak] upstream: attempts={u['attempts']} actions={u['actions']} "
           f"stale_resets={u['stale_resets']} conns={u['connections']} "
           f"max_exec_per_key={u['max_exec_per_key']}")
-    print(f"[soak] outcomes: " + " ".join(f"{k.split('.')[-1]}={fc('outcome.' + k.split('.')[-1])}"
+    print("[soak] outcomes: " + " ".join(f"{k.split('.')[-1]}={fc('outcome.' + k.split('.')[-1])}"
                                           for k in ("completed", "client_abort", "upstream_reset",
                                                     "truncated", "incomplete")))
-    print(f"[soak] idempotency: " + " ".join(f"{k}={fc('idempotency.' + k)}" for k in (
+    print("[soak] idempotency: " + " ".join(f"{k}={fc('idempotency.' + k)}" for k in (
         "missing", "claimed", "stored", "released", "replays", "payload_mismatches",
         "in_flight_conflicts", "expired", "store_full", "lost", "store_contention")))
     print(f"[soak] client: aborts={t.get('client_aborts', 0)} (late {t.get('abort_too_late', 0)}) "

@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 
 pub enum Verdict {
     Passed,
-    /// A `requires` capability the filter does not have yet (its config section is rejected).
-    Skipped(String),
     Failed(Vec<String>),
 }
 
@@ -184,19 +182,7 @@ pub fn run(scenario: &Value, profile: Profile) -> Verdict {
         };
     }
     if !host.configured() {
-        let requires = scenario.get("requires").and_then(Value::as_array);
         let errors = host.logs_at(LogLevel::Error);
-        if let Some(req) = requires.filter(|r| !r.is_empty()) {
-            let names: Vec<String> = req.iter().map(|v| text(Some(v))).collect();
-            if names
-                .iter()
-                .any(|n| errors.iter().any(|e| e.contains(n.as_str())))
-            {
-                return Verdict::Skipped(format!(
-                    "requires {names:?}, not implemented yet: {errors:?}"
-                ));
-            }
-        }
         return Verdict::Failed(vec![format!("config rejected: {errors:?}")]);
     }
     let metrics = profile.caps().metrics;
