@@ -13,7 +13,6 @@ pub struct HostError(pub u32);
 
 impl HostError {
     pub const NOT_FOUND: HostError = HostError(1);
-    pub const BAD_ARGUMENT: HostError = HostError(2);
     pub const CAS_MISMATCH: HostError = HostError(8);
     pub const UNIMPLEMENTED: HostError = HostError(12);
 }
@@ -142,7 +141,6 @@ extern "C" {
         headers_size: usize,
         grpc_status: i32,
     ) -> u32;
-    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_define_metric(
         metric_type: u32,
         name_data: *const u8,
@@ -151,7 +149,6 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
-    fn proxy_set_effective_context(context_id: u32) -> u32;
 }
 
 /// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`.
@@ -314,31 +311,11 @@ pub fn send_local_response(
     })
 }
 
-/// Resumes a paused request (stream type 0 is the HTTP request).
-pub fn resume_request() -> HostResult<()> {
-    // SAFETY: no pointers.
-    status(unsafe { proxy_continue_stream(0) })
-}
-
-/// Resumes a paused response (stream type 1 is the HTTP response).
-pub fn resume_response() -> HostResult<()> {
-    // SAFETY: no pointers.
-    status(unsafe { proxy_continue_stream(1) })
-}
-
 /// Defines a counter (metric type 0) and returns its id.
 pub fn define_counter(name: &str) -> HostResult<u32> {
     let mut id = 0u32;
     // SAFETY: the name is live for the call; the id is a live local.
     status(unsafe { proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) })?;
-    Ok(id)
-}
-
-/// Defines a gauge (metric type 1) and returns its id.
-pub fn define_gauge(name: &str) -> HostResult<u32> {
-    let mut id = 0u32;
-    // SAFETY: the name is live for the call; the id is a live local.
-    status(unsafe { proxy_define_metric(1, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
 }
 
@@ -350,11 +327,6 @@ pub fn increment_metric(id: u32, offset: i64) -> HostResult<()> {
 pub fn set_tick_period_ms(period: u32) -> HostResult<()> {
     // SAFETY: no pointers.
     status(unsafe { proxy_set_tick_period_milliseconds(period) })
-}
-
-pub fn set_effective_context(context_id: u32) -> HostResult<()> {
-    // SAFETY: no pointers.
-    status(unsafe { proxy_set_effective_context(context_id) })
 }
 
 fn encode_path(path: &[&str]) -> Vec<u8> {
