@@ -36,10 +36,13 @@ pub enum Counter {
     IdemStoreErrors,
     IdemBodyTooLarge,
     IdemReportOnly,
+    ClientAbortBeforeRequestComplete,
+    ClientAbortAwaitingUpstream,
+    ClientAbortDuringResponse,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 31] = [
+    pub const ALL: [Counter; 34] = [
         Counter::RequestsIdempotent,
         Counter::RequestsNonIdempotent,
         Counter::RequestsKeyed,
@@ -71,6 +74,9 @@ impl Counter {
         Counter::IdemStoreErrors,
         Counter::IdemBodyTooLarge,
         Counter::IdemReportOnly,
+        Counter::ClientAbortBeforeRequestComplete,
+        Counter::ClientAbortAwaitingUpstream,
+        Counter::ClientAbortDuringResponse,
     ];
 
     /// The metric name as it appears in the proxy's stats.
@@ -107,6 +113,11 @@ impl Counter {
             Counter::IdemStoreErrors => "resetguard.idempotency.store_errors",
             Counter::IdemBodyTooLarge => "resetguard.idempotency.body_too_large",
             Counter::IdemReportOnly => "resetguard.idempotency.report_only",
+            Counter::ClientAbortBeforeRequestComplete => {
+                "resetguard.client_abort.before_request_complete"
+            }
+            Counter::ClientAbortAwaitingUpstream => "resetguard.client_abort.awaiting_upstream",
+            Counter::ClientAbortDuringResponse => "resetguard.client_abort.during_response",
         }
     }
 }
