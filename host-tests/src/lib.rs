@@ -10,6 +10,7 @@ pub mod callout;
 pub mod events;
 pub mod exchange;
 pub mod faults;
+pub mod fuel;
 pub mod host;
 pub mod imports;
 pub mod memory;

@@ -2,7 +2,11 @@
 //! module through its own allocator (`proxy_on_memory_allocate`), as Envoy does.
 
 use crate::abi::status;
+use crate::state::VmState;
 use wasmtime::{Caller, Extern, Memory};
+
+/// The name host-to-module allocations are counted under in `VmState::calls`.
+pub const ALLOCATE: &str = "proxy_on_memory_allocate";
 
 /// Why a host call could not touch guest memory; maps to an ABI status (never a host panic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +58,8 @@ pub fn write_u64<T>(caller: &mut Caller<'_, T>, ptr: i32, value: u64) -> MemResu
 /// Allocates `bytes.len()` in the module via `proxy_on_memory_allocate`, copies the bytes in, and
 /// stores the pointer and size at `ptr_out` / `size_out`. An allocator that returns 0 or traps is
 /// reported as INTERNAL_FAILURE (a trap inside the allocator still traps the call).
-pub fn hand_over<T>(
-    caller: &mut Caller<'_, T>,
+pub fn hand_over(
+    caller: &mut Caller<'_, VmState>,
     bytes: &[u8],
     ptr_out: i32,
     size_out: i32,
@@ -72,6 +76,8 @@ pub fn hand_over<T>(
         return Ok(write_u32(caller, ptr_out, 0).and_then(|()| write_u32(caller, size_out, 0)));
     }
     let alloc = alloc.typed::<i32, i32>(&*caller)?;
+    // Counted with the imports: each allocation is one more crossing into the module (crate::fuel).
+    *caller.data_mut().calls.entry(ALLOCATE).or_insert(0) += 1;
     let ptr = alloc.call(&mut *caller, bytes.len() as i32)?;
     if ptr == 0 {
         return Ok(Err(MemError(status::INTERNAL_FAILURE)));

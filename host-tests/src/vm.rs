@@ -46,6 +46,8 @@ impl Vm {
         let linker =
             imports::linker(module.engine()).map_err(|e| VmError::Load(format!("{e:#}")))?;
         let mut store = Store::new(module.engine(), VmState::new(host, vm, setup));
+        // A fuel-metered engine (crate::fuel) needs a full tank; other engines refuse, harmlessly.
+        let _ = store.set_fuel(u64::MAX);
         let missing = imports::missing_imports(&linker, &mut store, module);
         if !missing.is_empty() {
             return Err(VmError::Load(format!(
