@@ -4,6 +4,7 @@
 //! tested natively; `host` wraps the ABI without panicking; `root` and `http` are the thin glue.
 
 pub mod config;
+pub mod decision;
 pub mod host;
 mod http;
 pub mod idempotency;

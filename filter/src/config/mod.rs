@@ -4,6 +4,8 @@ mod client_abort;
 mod idempotency;
 pub mod reader;
 mod retry;
+pub mod route_metadata;
+pub mod route_override;
 
 pub use client_abort::{AbortLogLevel, ClientAbortConfig};
 pub use idempotency::{IdempotencyConfig, IdempotencyMode, UnknownOutcome, WhenFull};
@@ -39,7 +41,13 @@ impl Config {
         }
         let value: serde_json::Value =
             serde_json::from_slice(raw).map_err(|e| error("$", format!("a JSON object ({e})")))?;
-        let mut root = ObjectReader::new("$", &value)?;
+        Config::parse_value(&value)
+    }
+
+    /// Reads an already-parsed plugin JSON value with the same strict rules as `parse` (used for
+    /// route overrides merged onto the plugin JSON, and by tools that load YAML).
+    pub fn parse_value(value: &serde_json::Value) -> ConfigResult<Config> {
+        let mut root = ObjectReader::new("$", value)?;
         let retry = RetryConfig::read(root.object("retry")?)?;
         let client_abort = ClientAbortConfig::read(root.object("client_abort")?)?;
         let idempotency = IdempotencyConfig::read(root.object("idempotency")?)?;
