@@ -39,10 +39,11 @@ pub enum Counter {
     ClientAbortBeforeRequestComplete,
     ClientAbortAwaitingUpstream,
     ClientAbortDuringResponse,
+    RouteOverrideRejected,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 34] = [
+    pub const ALL: [Counter; 35] = [
         Counter::RequestsIdempotent,
         Counter::RequestsNonIdempotent,
         Counter::RequestsKeyed,
@@ -77,6 +78,7 @@ impl Counter {
         Counter::ClientAbortBeforeRequestComplete,
         Counter::ClientAbortAwaitingUpstream,
         Counter::ClientAbortDuringResponse,
+        Counter::RouteOverrideRejected,
     ];
 
     /// The metric name as it appears in the proxy's stats.
@@ -118,6 +120,7 @@ impl Counter {
             }
             Counter::ClientAbortAwaitingUpstream => "resetguard.client_abort.awaiting_upstream",
             Counter::ClientAbortDuringResponse => "resetguard.client_abort.during_response",
+            Counter::RouteOverrideRejected => "resetguard.config.route_override_rejected",
         }
     }
 }
