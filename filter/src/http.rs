@@ -7,7 +7,7 @@ use crate::idempotency::scope::RequestHead;
 use crate::keyed_stream::{self, KeyedStream};
 use crate::logger;
 use crate::metrics::Counter;
-use crate::outcome::{self, Outcome, ResponseSeen};
+use crate::outcome::{self, AbortPhase, Outcome, ResponseSeen};
 use crate::retry_policy::{is_client_retry_control, RetrySafety};
 use crate::root::Shared;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -16,6 +16,8 @@ use std::rc::Rc;
 
 pub struct HttpFilter {
     shared: Option<Rc<Shared>>,
+    /// The filter saw the request's end (end_of_stream or trailers): tells the abort phases apart.
+    request_complete: bool,
     response: ResponseSeen,
     /// Only for requests the idempotency layer dedupes; unkeyed requests never allocate it.
     keyed: Option<Box<KeyedStream>>,
@@ -25,6 +27,7 @@ impl HttpFilter {
     pub fn new(shared: Option<Rc<Shared>>) -> HttpFilter {
         HttpFilter {
             shared,
+            request_complete: false,
             response: ResponseSeen::default(),
             keyed: None,
         }
@@ -138,9 +141,18 @@ impl HttpFilter {
         if result == Outcome::Completed {
             return;
         }
+        let phase = (result == Outcome::ClientAbort)
+            .then(|| AbortPhase::of(self.request_complete, self.response));
+        if let Some(phase) = phase {
+            shared.metrics.inc(match phase {
+                AbortPhase::BeforeRequestComplete => Counter::ClientAbortBeforeRequestComplete,
+                AbortPhase::AwaitingUpstream => Counter::ClientAbortAwaitingUpstream,
+                AbortPhase::DuringResponse => Counter::ClientAbortDuringResponse,
+            });
+        }
         let abort = &shared.config.client_abort;
         if abort.filter_state {
-            let _ = host::set_property(&["resetguard_outcome"], result.as_str().as_bytes());
+            publish_outcome(result, phase);
         }
         let level = match (result, abort.log_level) {
             (Outcome::ClientAbort, AbortLogLevel::Off) => return,
@@ -148,15 +160,39 @@ impl HttpFilter {
             _ => log::Level::Info,
         };
         if log::log_enabled!(level) {
-            let reason = match result {
-                Outcome::ClientAbort => "the client disconnected before the response completed",
-                Outcome::UpstreamReset => "the upstream reset or refused and no retry saved it",
-                Outcome::Truncated => "the response was cut off after it started",
+            let reason = match (result, phase) {
+                (_, Some(phase)) => phase.describe(),
+                (Outcome::UpstreamReset, _) => {
+                    "the upstream reset or refused and no retry saved it"
+                }
+                (Outcome::Truncated, _) => "the response was cut off after it started",
                 _ => "the stream ended early for a reason the host does not report",
             };
+            let how = if outcome::inferred_from_lifecycle(flags, details.as_deref()) {
+                " (inferred from the stream's lifecycle: the host reports no response flags)"
+            } else {
+                ""
+            };
+            let phase = phase.map_or(String::new(), |p| format!(" [{}]", p.as_str()));
             let line = logger::request_line();
-            log::log!(level, "resetguard: {} {line}: {reason}", result.as_str());
+            log::log!(
+                level,
+                "resetguard: {}{phase} {line}: {reason}{how}",
+                result.as_str()
+            );
         }
+    }
+}
+
+/// Filter state for access logs (Envoy: `%FILTER_STATE(wasm.NAME:PLAIN)%`). Hosts without
+/// filter state refuse the writes; nothing else depends on them.
+fn publish_outcome(result: Outcome, phase: Option<AbortPhase>) {
+    let _ = host::set_property(&["resetguard_outcome"], result.as_str().as_bytes());
+    if let Some(code) = result.access_log_code() {
+        let _ = host::set_property(&["resetguard_code"], code.as_bytes());
+    }
+    if let Some(phase) = phase {
+        let _ = host::set_property(&["resetguard_abort_phase"], phase.as_str().as_bytes());
     }
 }
 
@@ -164,6 +200,7 @@ impl Context for HttpFilter {}
 
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.request_complete = end_of_stream;
         match self.shared.clone() {
             Some(shared) => self.on_request_headers(&shared, end_of_stream),
             None => Action::Continue,
@@ -171,6 +208,7 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.request_complete |= end_of_stream;
         match (self.shared.as_deref(), self.keyed.as_mut()) {
             (
                 Some(Shared {
@@ -185,6 +223,7 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.request_complete = true;
         match (self.shared.as_deref(), self.keyed.as_mut()) {
             (
                 Some(Shared {

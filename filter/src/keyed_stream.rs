@@ -351,24 +351,31 @@ impl KeyedStream {
         }
     }
 
-    /// Stores the upstream's complete response; completes the key unreplayable when the upstream
+    /// Stores the upstream's complete response (also when the client left after all of it passed
+    /// the filter: a retry gets the replay); completes the key unreplayable when the upstream
     /// answered but the response was cut (truncated, or the client left mid-response: it ran
     /// upstream, so it must not run again); releases the key when the proxy answered (reset,
-    /// timeout, local reply) or the client left before the upstream answered.
+    /// timeout, local reply) or the client left before the upstream answered (`unknown_outcome`
+    /// decides that case). A client that left before its request was complete holds no claim:
+    /// the claim is taken at the request's end, so there is nothing to release.
     pub fn on_log(&mut self, idem: &Idempotency, response_ended: bool, metrics: &Metrics) {
         let (Some(ticket), Some(store)) = (self.ticket.take(), idem.store.as_ref()) else {
             return;
         };
         let details = host::property(&["response", "code_details"]).ok().flatten();
         let via_upstream = details.as_deref() == Some(VIA_UPSTREAM);
+        // At on_log Envoy's details describe how the stream ended (a client that left after the
+        // response passed says `downstream_remote_disconnect`); what the response headers said
+        // is kept in the recording.
+        let answered = |r: &Recording| via_upstream || r.from_upstream;
         let recording = self.recording.take();
         let result = now_ms().and_then(|now| match &recording {
             // "Try again later" from the upstream: storing it would answer every retry of this
             // key with the same refusal for the whole TTL.
-            Some(r) if via_upstream && RETRY_LATER.contains(&r.response.status) => {
+            Some(r) if answered(r) && RETRY_LATER.contains(&r.response.status) => {
                 store.release(&ticket, now)
             }
-            Some(r) if via_upstream && response_ended => {
+            Some(r) if answered(r) && response_ended => {
                 let kept = r.keep.then_some(&r.response);
                 store.complete(&ticket, r.response.status, kept, now)
             }

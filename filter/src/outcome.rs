@@ -59,7 +59,8 @@ pub enum Outcome {
     UpstreamReset,
     /// The response started but ended early, and not because the client left.
     Truncated,
-    /// It did not end cleanly, and the host cannot say why (no `response.flags`).
+    /// It did not end cleanly after a response started, and the host cannot say why (no
+    /// `response.flags` or `response.code_details`).
     Incomplete,
 }
 
@@ -107,7 +108,7 @@ pub fn classify(seen: ResponseSeen, flags: Option<u64>, details: Option<&[u8]>) 
         return if client_left {
             Outcome::ClientAbort
         } else if flags.is_none() && details.is_none() {
-            Outcome::Incomplete
+            lifecycle_outcome(seen)
         } else if seen.headers {
             Outcome::Truncated
         } else if flags.is_some_and(|f| f & flags::UPSTREAM_RESET_ANY != 0) {
@@ -121,6 +122,91 @@ pub fn classify(seen: ResponseSeen, flags: Option<u64>, details: Option<&[u8]>) 
             Outcome::UpstreamReset
         }
         _ => Outcome::Completed,
+    }
+}
+
+/// The fallback for hosts that report neither `response.flags` nor `response.code_details`
+/// (the mock host's Kong and APISIX profiles): only the stream's lifecycle is known. A stream
+/// logged before any response reached the filter lost its client, since the proxy's own error
+/// replies (502, 504, …) pass through the response callbacks too. A response cut after it
+/// started could be the client leaving or the upstream dying: not guessed.
+fn lifecycle_outcome(seen: ResponseSeen) -> Outcome {
+    if seen.headers {
+        Outcome::Incomplete
+    } else {
+        Outcome::ClientAbort
+    }
+}
+
+/// Whether the classification had only the stream's lifecycle to go on (see `lifecycle_outcome`).
+pub fn inferred_from_lifecycle(flags: Option<u64>, details: Option<&[u8]>) -> bool {
+    flags.is_none() && details.is_none()
+}
+
+/// Where the stream was when its client left, from what the filter saw (no host call).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AbortPhase {
+    /// The request had not fully arrived (its body was still coming): the upstream never got all
+    /// of it, so it cannot have executed it.
+    BeforeRequestComplete,
+    /// The request was complete and no response had started: whether the upstream executed it
+    /// is unknown.
+    AwaitingUpstream,
+    /// The response had started (its headers passed the filter) and did not complete.
+    DuringResponse,
+}
+
+impl AbortPhase {
+    pub const ALL: [AbortPhase; 3] = [
+        AbortPhase::BeforeRequestComplete,
+        AbortPhase::AwaitingUpstream,
+        AbortPhase::DuringResponse,
+    ];
+
+    pub fn of(request_complete: bool, response: ResponseSeen) -> AbortPhase {
+        if response.headers {
+            AbortPhase::DuringResponse
+        } else if request_complete {
+            AbortPhase::AwaitingUpstream
+        } else {
+            AbortPhase::BeforeRequestComplete
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbortPhase::BeforeRequestComplete => "before_request_complete",
+            AbortPhase::AwaitingUpstream => "awaiting_upstream",
+            AbortPhase::DuringResponse => "during_response",
+        }
+    }
+
+    /// The reason given in the log line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AbortPhase::BeforeRequestComplete => {
+                "the client disconnected before its request was complete"
+            }
+            AbortPhase::AwaitingUpstream => {
+                "the client disconnected while waiting for the upstream's response"
+            }
+            AbortPhase::DuringResponse => "the client disconnected during the response",
+        }
+    }
+}
+
+/// The status code published for access logs (`wasm.resetguard_code`): 499, nginx's "client
+/// closed request", for every client abort. Other outcomes publish none: `%RESPONSE_CODE%`
+/// already tells what the client got (the router's 503 for a reset, the upstream's status for a
+/// truncated response).
+pub const CLIENT_ABORT_CODE: &str = "499";
+
+impl Outcome {
+    pub fn access_log_code(self) -> Option<&'static str> {
+        match self {
+            Outcome::ClientAbort => Some(CLIENT_ABORT_CODE),
+            _ => None,
+        }
     }
 }
 
@@ -253,6 +339,64 @@ mod tests {
         // A first attempt reset after sending, a retry that could not connect: maybe applied.
         let mixed = flags::UPSTREAM_CONNECTION_TERMINATION | flags::UPSTREAM_CONNECTION_FAILURE;
         assert!(!proves_request_unsent(mixed));
+    }
+
+    #[test]
+    fn the_abort_phase_follows_what_the_filter_saw() {
+        let mid_body = ResponseSeen {
+            status: Some(200),
+            headers: true,
+            ended: false,
+        };
+        assert_eq!(
+            AbortPhase::of(false, NOTHING),
+            AbortPhase::BeforeRequestComplete
+        );
+        assert_eq!(AbortPhase::of(true, NOTHING), AbortPhase::AwaitingUpstream);
+        assert_eq!(AbortPhase::of(true, mid_body), AbortPhase::DuringResponse);
+        // A reply sent before the request was in (a 413, a 409) is still a response.
+        assert_eq!(AbortPhase::of(false, mid_body), AbortPhase::DuringResponse);
+        let names: Vec<&str> = AbortPhase::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "before_request_complete",
+                "awaiting_upstream",
+                "during_response"
+            ]
+        );
+    }
+
+    #[test]
+    fn without_flags_or_details_the_lifecycle_decides_what_it_can() {
+        assert!(inferred_from_lifecycle(None, None));
+        assert!(!inferred_from_lifecycle(Some(0), None));
+        assert!(!inferred_from_lifecycle(None, Some(b"via_upstream")));
+        // Logged before any response reached the filter: the client left.
+        assert_eq!(classify(NOTHING, None, None), Outcome::ClientAbort);
+        // A response that started and was cut: the client or the upstream, unknown.
+        let mid_body = ResponseSeen {
+            status: Some(200),
+            headers: true,
+            ended: false,
+        };
+        assert_eq!(classify(mid_body, None, None), Outcome::Incomplete);
+        // Hosts that do report something are never second-guessed by the lifecycle.
+        assert_eq!(classify(NOTHING, Some(0), None), Outcome::Incomplete);
+        assert_eq!(classify(OK_200, None, None), Outcome::Completed);
+    }
+
+    #[test]
+    fn only_a_client_abort_has_an_access_log_code() {
+        assert_eq!(Outcome::ClientAbort.access_log_code(), Some("499"));
+        for other in [
+            Outcome::Completed,
+            Outcome::UpstreamReset,
+            Outcome::Truncated,
+            Outcome::Incomplete,
+        ] {
+            assert_eq!(other.access_log_code(), None, "{other:?}");
+        }
     }
 
     #[test]

@@ -104,9 +104,12 @@ impl Vm {
     /// Waits for a paused request, routes it, runs the response callbacks and ends the stream.
     pub fn finish(&mut self, mut flight: InFlight) -> VmResult<Exchange> {
         let context = flight.context;
+        // A client that stops mid-request leaves once its last frame is in (or at its timer).
+        let leaves_at = flight.client_leaves.then_some(0);
         let abort_at = flight
             .request
             .abort_after_ms
+            .or(leaves_at)
             .map(|ms| flight.start_ns + ms * 1_000_000);
         let mut out = Exchange {
             context_id: context,

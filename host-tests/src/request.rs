@@ -15,6 +15,12 @@ pub struct Request {
     pub upstream: Vec<UpstreamAction>,
     /// The client disconnects this many ms after it started the request.
     pub abort_after_ms: Option<u64>,
+    /// The client sends the headers and this many body chunks, then disconnects: the request
+    /// never completes (no end_of_stream, no trailers).
+    pub abort_after_body_chunks: Option<usize>,
+    /// The client disconnects once the response headers and this many response body chunks
+    /// passed the filter (all of them: after the filter saw the end, before the stream ended).
+    pub abort_after_response_chunks: Option<usize>,
     /// The response body reaches the filter in chunks of this many bytes (default: one chunk).
     pub response_chunk_bytes: Option<usize>,
 }
@@ -32,6 +38,8 @@ impl Request {
             trailers: None,
             upstream: vec![UpstreamAction::ok("ok")],
             abort_after_ms: None,
+            abort_after_body_chunks: None,
+            abort_after_response_chunks: None,
             response_chunk_bytes: None,
         }
     }
@@ -94,6 +102,18 @@ impl Request {
 
     pub fn abort_after(mut self, ms: u64) -> Request {
         self.abort_after_ms = Some(ms);
+        self
+    }
+
+    /// The client leaves after sending `chunks` of its body chunks (see the field).
+    pub fn abort_mid_request(mut self, chunks: usize) -> Request {
+        self.abort_after_body_chunks = Some(chunks);
+        self
+    }
+
+    /// The client leaves after `chunks` response body chunks reached the filter.
+    pub fn abort_mid_response(mut self, chunks: usize) -> Request {
+        self.abort_after_response_chunks = Some(chunks);
         self
     }
 

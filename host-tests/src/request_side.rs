@@ -31,6 +31,8 @@ pub struct InFlight {
     pub(crate) start_ns: u64,
     /// Client frames not yet shown to the filter (all of them while it stopped all).
     arriving: VecDeque<Frame>,
+    /// The client disconnects after its last frame here: the request never ends.
+    pub(crate) client_leaves: bool,
     /// The headers paused with a body following: Envoy's StopAllIterationAndWatermark.
     stopped_all: bool,
     /// A resume lifted stop-all: the data held meanwhile goes to the filter as one chunk.
@@ -146,7 +148,7 @@ impl InFlight {
                     self.arriving.pop_front();
                 }
                 self.release_held = false;
-                let eos = self.arriving.is_empty();
+                let eos = self.arriving.is_empty() && !self.client_leaves;
                 self.buffered.append(&mut chunk);
                 let s = stream(vm, self.context);
                 s.phase = Phase::RequestBody;
@@ -223,14 +225,17 @@ impl Vm {
             "proxy_on_context_create",
             &[context as i32, root as i32],
         )?;
+        let client_leaves = request.abort_after_body_chunks.is_some();
         let mut arriving: VecDeque<Frame> = request
             .body_chunks
             .iter()
             .filter(|c| !c.is_empty())
+            .take(request.abort_after_body_chunks.unwrap_or(usize::MAX))
             .map(|c| Frame::Data(c.clone()))
             .collect();
-        if let Some(t) = &request.trailers {
-            arriving.push_back(Frame::Trailers(t.clone()));
+        match &request.trailers {
+            Some(t) if !client_leaves => arriving.push_back(Frame::Trailers(t.clone())),
+            _ => {}
         }
         let start_ns = lock(&self.state().host).now_ns;
         let mut flight = InFlight {
@@ -238,6 +243,7 @@ impl Vm {
             request,
             start_ns,
             arriving,
+            client_leaves,
             stopped_all: false,
             release_held: false,
             paused: false,
@@ -249,7 +255,7 @@ impl Vm {
             closed: false,
             callbacks: Vec::new(),
         };
-        let eos = flight.arriving.is_empty();
+        let eos = flight.arriving.is_empty() && !client_leaves;
         let count = flight.request.headers.len();
         let go = flight.call(self, "request_headers", count, Some(eos))?;
         flight.end_seen = eos;

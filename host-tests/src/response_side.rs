@@ -10,7 +10,7 @@ use crate::exchange::{local_reply, now, stream, take_pending, MAX_WAIT_NS};
 use crate::properties::int;
 use crate::request::{Callback, Exchange};
 use crate::request_side::InFlight;
-use crate::router::Delivered;
+use crate::router::{flags, Delivered};
 use crate::state::{Pending, Phase};
 use crate::vm::{Vm, VmResult};
 
@@ -86,6 +86,8 @@ impl Vm {
     ) -> VmResult<Exchange> {
         let context = flight.context;
         let chunk_bytes = flight.request.response_chunk_bytes;
+        let leave_after = flight.request.abort_after_response_chunks;
+        let mut client_left = false;
         for round in 0..2 {
             let s = stream(self, context);
             s.phase = Phase::ResponseHeaders;
@@ -114,6 +116,10 @@ impl Vm {
                 if flow.closed || flow.replaced.is_some() {
                     break;
                 }
+                if leave_after == Some(i) {
+                    client_left = true;
+                    break;
+                }
                 flow.buffered.extend_from_slice(chunk);
                 let s = stream(self, context);
                 s.phase = Phase::ResponseBody;
@@ -128,7 +134,10 @@ impl Vm {
                 }
                 flow.apply(self, context);
             }
-            if round == 0 {
+            // The client leaves after the whole response passed the filter, before the stream
+            // ended (an HTTP/2 client's RST_STREAM racing the last frame).
+            client_left |= leave_after.is_some_and(|k| k >= body.len()) && flow.replaced.is_none();
+            if round == 0 && !client_left {
                 if let Some(local) = flow.replaced.take() {
                     out.filter_local_reply = true;
                     delivered = local;
@@ -138,7 +147,7 @@ impl Vm {
             // Wait for a paused response to be resumed.
             let deadline = now(self) + MAX_WAIT_NS;
             let held = |f: &Flow| !f.headers_go || !f.buffered.is_empty();
-            while !flow.closed && held(&flow) && delivered.complete {
+            while !flow.closed && !client_left && held(&flow) && delivered.complete {
                 if pump_once(self, deadline)?.is_none() {
                     out.stalled = true;
                     break;
@@ -156,10 +165,15 @@ impl Vm {
                     .into_iter()
                     .filter(|(k, _)| !k.starts_with(b":"))
                     .collect();
-                out.complete = delivered.complete && flow.buffered.is_empty() && !out.stalled;
+                out.complete =
+                    delivered.complete && flow.buffered.is_empty() && !out.stalled && !client_left;
                 out.body = flow.forwarded;
             }
             break;
+        }
+        if client_left {
+            out.client_aborted = true;
+            return self.end(flight, out, flags::DC, "downstream_remote_disconnect");
         }
         let (f, details) = (delivered.flags, delivered.details.clone());
         self.end(flight, out, f, &details)
