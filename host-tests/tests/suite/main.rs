@@ -3,6 +3,7 @@
 mod common;
 mod corpus;
 mod cost;
+mod filter_abort;
 mod filter_config;
 mod filter_idem_glue;
 mod filter_outcome;
