@@ -1,18 +1,31 @@
 #!/usr/bin/env python3
-"""Benchmarks resetguard against plain Envoy in the same run, on loopback.
+"""Benchmarks resetguard against plain Envoy and an empty proxy-wasm filter, on loopback.
 
-One Envoy process serves four listeners: `plain` (no filter), `filtered` (resetguard with its
-defaults), `keyed` (resetguard with idempotency enforcement) and `backend` (a direct_response the
-other three route to, so the upstream costs the same for all). wrk drives each front listener in
-alternating rounds; the report gives each variant's throughput and latency as a ratio to `plain`.
+Throughput: one Envoy 1.40 (`--concurrency 1`, V8) serves five listeners: A `plain` (no wasm),
+B `noop` (bench/noop-filter: an empty proxy-wasm filter, the host's floor), C `filtered`
+(resetguard, default config), D `keyed` (resetguard enforcing Idempotency-Key) and `backend` (a
+direct_response every other listener routes to, so the upstream costs the same for all). wrk
+drives the variants in turn, A B C A B D D, round after round; the report quotes medians of the
+rounds: req/s, p50/p99 latency, and the Envoy worker thread's CPU time per request (read from
+/proc, less sensitive to a busy machine than req/s).
 
-Usage: .venv/bin/python bench/bench.py [--seconds 10] [--rounds 3] [--connections 16]
-Writes bench/results.json and bench/REPORT.md.
+Retry effect: a second Envoy in front of a chaos upstream that resets 10% of requests (by request
+number, first attempt only) before answering; N GETs through plain Envoy and through resetguard,
+with Envoy's default retry circuit breaker (3 concurrent retries per cluster) and with it raised.
+
+Also: the .wasm sizes, and the deterministic per-request cost recorded by the mock host
+(bench/fuel-baseline.json, see host-tests/tests/suite/cost.rs).
+
+Usage: scripts/bench [--quick] [--seconds 10] [--rounds 5] [--connections 16] [--out DIR]
+A full run writes bench/results.json and bench/REPORT.md and rewrites the README block between
+`<!-- bench:begin -->` and `<!-- bench:end -->` (unless --no-readme); --quick (1 s rounds, one
+round, 1,000 retry-effect requests) writes to a temporary directory unless --out is given.
 """
 
 import argparse
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -25,23 +38,26 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "envoy"))
+from harness.upstream import ChaosUpstream  # noqa: E402
+
 WASM = Path(os.environ.get("RESETGUARD_WASM", ROOT / "target/wasm32-wasip1/release/resetguard.wasm"))
-ENVOY = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv/bin/envoy"))
+NOOP_WASM = Path(os.environ.get("NOOP_WASM", WASM.with_name("noop_filter.wasm")))
+ENVOY = Path(os.environ.get("RESETGUARD_ENVOY", os.environ.get("ENVOY_BIN", ROOT / ".venv/bin/envoy")))
+BUILD = "cargo build --release --target wasm32-wasip1 -p resetguard-filter -p noop-filter"
+README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 # Short TTL so a long run stays below capacity (rate x ttl entries live at once); many shards keep
 # each shard's index small, as an operator sizing for throughput would.
 KEYED_CONFIG = {"idempotency": {"mode": "enforce", "max_entries": 200000, "shards": 2048,
                                 "ttl_seconds": 5}}
 
-# wrk scripts: an unkeyed POST, and a POST with a fresh Idempotency-Key each time.
+# wrk scripts: a POST with a fresh Idempotency-Key each time, and one key for the whole run.
 POST_LUA = """
 math.randomseed(os.time())
 wrk.method = "POST"
 wrk.body = '{"amount": 10}'
 wrk.headers["content-type"] = "application/json"
-"""
-REPLAY_POST_LUA = POST_LUA + """
-wrk.headers["idempotency-key"] = "bench-replay-" .. tostring(math.random(1, 1e9))
 """
 KEYED_POST_LUA = POST_LUA + """
 local n = 0
@@ -52,26 +68,45 @@ request = function()
   return wrk.format()
 end
 """
+REPLAY_POST_LUA = POST_LUA + """
+wrk.headers["idempotency-key"] = "bench-replay-" .. tostring(math.random(1, 1e9))
+"""
+SCRIPTS = {"keyed.lua": KEYED_POST_LUA, "replay.lua": REPLAY_POST_LUA}
+
+# (variant, request kind, listener, wrk script), in the order each round runs them.
+RUNS = [
+    ("A", "GET", "plain", None),
+    ("B", "GET", "noop", None),
+    ("C", "GET", "filtered", None),
+    ("A", "POST keyed", "plain", "keyed.lua"),
+    ("B", "POST keyed", "noop", "keyed.lua"),
+    ("D", "POST keyed", "keyed", "keyed.lua"),
+    ("D", "POST replay", "keyed", "replay.lua"),
+]
+LABELS = {
+    ("A", "GET"): "A plain Envoy, GET",
+    ("B", "GET"): "B empty wasm filter, GET",
+    ("C", "GET"): "C resetguard (defaults), GET",
+    ("A", "POST keyed"): "A plain Envoy, keyed POST",
+    ("B", "POST keyed"): "B empty wasm filter, keyed POST",
+    ("D", "POST keyed"): "D resetguard enforce, keyed POST (first execution)",
+    ("D", "POST replay"): "D resetguard enforce, keyed POST replay",
+}
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wasm_filter(name, configuration):
+# -- Envoy ----------------------------------------------------------------------------------------
+def wasm_filter(name, path, vm_id, configuration):
     return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
                 "name": name,
-                "root_id": "resetguard",
+                "root_id": vm_id,
                 "vm_config": {
-                    "vm_id": "resetguard",
+                    "vm_id": vm_id,
                     "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": str(WASM)}},
+                    "code": {"local": {"filename": str(path)}},
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -88,10 +123,10 @@ ROUTER = {
 }
 
 
-def listener(name, port, filters, route_action):
+def listener(name, filters, route_action):
     return {
         "name": name,
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
@@ -107,43 +142,104 @@ def listener(name, port, filters, route_action):
     }
 
 
-def bootstrap(ports, admin_port):
-    to_backend = {"route": {"cluster": "backend"}}
+def cluster(name, port):
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [
-                listener("plain", ports["plain"], [], to_backend),
-                listener("filtered", ports["filtered"], [wasm_filter("resetguard", {})], to_backend),
-                listener("keyed", ports["keyed"], [wasm_filter("resetguard-keyed", KEYED_CONFIG)], to_backend),
-                listener("backend", ports["backend"], [], {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}),
-            ],
-            "clusters": [{
-                "name": "backend", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports["backend"]}}}}]}]},
-            }],
-        },
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
     }
 
 
-def wait_ready(admin_port, proc, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("envoy exited during start-up")
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Envoy:
+    """One Envoy process with one worker; listeners bind port 0 and are read back from admin."""
+
+    def __init__(self, work, name, listeners, clusters):
+        self.work, self.name = work, name
+        self.admin_path = work / f"{name}.admin"
+        config = {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "static_resources": {"listeners": listeners, "clusters": clusters},
+        }
+        (work / f"{name}.json").write_text(json.dumps(config))
+        self.log = open(work / f"{name}.log", "w")
+        # One worker thread: the comparison is per-request CPU, and wrk needs the other core.
+        self.proc = subprocess.Popen(
+            [str(ENVOY), "-c", str(work / f"{name}.json"), "--concurrency", "1",
+             "--use-dynamic-base-id", "--admin-address-path", str(self.admin_path),
+             "-l", "warning"], stdout=self.log, stderr=subprocess.STDOUT)
+        self.admin = self._wait_ready()
+        listeners = json.loads(self._get("/listeners?format=json"))["listener_statuses"]
+        self.ports = {s["name"]: s["local_address"]["socket_address"]["port_value"] for s in listeners}
+        self.worker_tid = self._worker_tid()
+
+    def _get(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=5) as r:
+            return r.read().decode()
+
+    def _wait_ready(self, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy {self.name} exited during start-up: see {self.work}")
+            text = self.admin_path.read_text().strip() if self.admin_path.exists() else ""
+            if text:
+                self.admin = int(text.rsplit(":", 1)[1])
+                try:
+                    if self._get("/ready").strip() == "LIVE":
+                        return self.admin
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"envoy {self.name} did not become ready")
+
+    def _worker_tid(self):
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            if (task / "comm").read_text().strip().startswith("wrk:worker"):
+                return task.name
+        return None
+
+    def worker_cpu_ns(self):
+        """CPU time the worker thread has run (schedstat: ns on CPU), or None if unavailable."""
+        if self.worker_tid is None:
+            return None
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("envoy did not become ready")
+            text = Path(f"/proc/{self.proc.pid}/task/{self.worker_tid}/schedstat").read_text()
+            return int(text.split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stats(self, pattern):
+        out = {}
+        for line in self._get("/stats?filter=" + urllib.request.quote(pattern)).splitlines():
+            name, _, value = line.rpartition(": ")
+            if value.isdigit():
+                out[name] = int(value)
+        return out
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        return self.proc.returncode in (0, -signal.SIGTERM)
 
 
+def envoy_version():
+    out = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"version: (\S+)", out)
+    return m.group(1) if m else out.strip()
+
+
+# -- load -----------------------------------------------------------------------------------------
 def parse_wrk(text):
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     def ms(label):
         m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
         if not m:
@@ -151,103 +247,319 @@ def parse_wrk(text):
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    errors = re.search(r"Socket errors:.*", text)
-    return {"rps": rps, "p50_ms": ms("50%"), "p99_ms": ms("99%"),
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", text).group(1)),
+            "p50_ms": ms("50%"), "p99_ms": ms("99%"),
             "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": errors.group(0) if errors else ""}
+            "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0}
 
 
-def run_wrk(port, seconds, connections, script=None):
+def run_wrk(envoy, port, seconds, connections, script=None):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script:
-        cmd += ["-s", script]
+        cmd += ["-s", str(script)]
     cmd.append(f"http://127.0.0.1:{port}/bench")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
-    return parse_wrk(out)
+    before = envoy.worker_cpu_ns()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    after = envoy.worker_cpu_ns()
+    result = parse_wrk(out)
+    if before is not None and after is not None and result["requests"]:
+        result["cpu_us"] = (after - before) / 1000 / result["requests"]
+    return result
+
+
+def run_throughput(work, args):
+    for name, text in SCRIPTS.items():
+        (work / name).write_text(text)
+    to_backend = {"route": {"cluster": "backend"}}
+    listeners = [
+        listener("plain", [], to_backend),
+        listener("noop", [wasm_filter("noop", NOOP_WASM, "noop", "")], to_backend),
+        listener("filtered", [wasm_filter("resetguard", WASM, "resetguard", {})], to_backend),
+        listener("keyed", [wasm_filter("resetguard-keyed", WASM, "resetguard", KEYED_CONFIG)], to_backend),
+        listener("backend", [], {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}),
+    ]
+    # The backend listener's port is only known once Envoy runs: bind a fixed free port for it.
+    backend_port = free_port()
+    listeners[-1]["address"]["socket_address"]["port_value"] = backend_port
+    envoy = Envoy(work, "bench", listeners, [cluster("backend", backend_port)])
+    samples = {(v, kind): [] for v, kind, _, _ in RUNS}
+    try:
+        for r in range(args.rounds):
+            for variant, kind, name, script in RUNS:
+                sample = run_wrk(envoy, envoy.ports[name], args.seconds, args.connections,
+                                 work / script if script else None)
+                samples[(variant, kind)].append(sample)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{v} {k} {samples[(v, k)][-1]['rps']:.0f}/s" for v, k, _, _ in RUNS),
+                file=sys.stderr)
+    finally:
+        clean = envoy.stop()
+    return samples, clean
+
+
+# -- retry effect ---------------------------------------------------------------------------------
+def run_loadgen(port, count, connections):
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.loadgen", "--port", str(port), "--count", str(count),
+         "--connections", str(connections), "--method", "GET", "--path", "/retry-effect",
+         "--key-prefix", "r-", "--deadline-s", "300"],
+        cwd=str(ROOT / "envoy"), capture_output=True, text=True, check=True, timeout=330).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# Envoy's default circuit breaker allows 3 concurrent retries per cluster: at a few thousand
+# requests/s with 10% resets, most retries overflow it (`upstream_rq_retry_overflow`) and the
+# client gets the 503. Operators behind resetguard raise it; the run shows both.
+RAISED_BREAKER = {"thresholds": [{"priority": "DEFAULT", "max_retries": 1024}]}
+RETRY_VARIANTS = [
+    ("plain", "plain Envoy", "chaos"),
+    ("filtered", "resetguard (defaults), Envoy's default retry breaker (3)", "chaos"),
+    ("filtered_raised", "resetguard (defaults), retry breaker raised to 1024", "chaos_raised"),
+]
+
+
+def run_retry_effect(work, requests, connections=8):
+    """Every tenth request (by number, carried in a header) is reset on its first attempt."""
+    def behaviour(req, _index):
+        number = int((req.key or "r-1").rsplit("-", 1)[1])
+        if number % 10 == 0 and upstream.key_attempts(req.key) == 1:
+            return {"action": "reset_before_headers"}
+        return {"action": "respond", "status": 200, "body": "ok"}
+
+    upstream = ChaosUpstream(default=behaviour, name="bench-chaos").start()
+    resetguard = [wasm_filter("resetguard", WASM, "resetguard", {})]
+    raised = dict(cluster("chaos_raised", upstream.port), circuit_breakers=RAISED_BREAKER)
+    envoy = Envoy(work, "retry", [
+        listener(name, resetguard if name != "plain" else [], {"route": {"cluster": to}})
+        for name, _, to in RETRY_VARIANTS
+    ], [cluster("chaos", upstream.port), raised])
+    results = {}
+    try:
+        for name, label, to in RETRY_VARIANTS:
+            upstream.reset_counts()
+            before = envoy.stats(f"cluster.{to}.upstream_rq_retry")
+            load = run_loadgen(envoy.ports[name], requests, connections)
+            after = envoy.stats(f"cluster.{to}.upstream_rq_retry")
+            delta = lambda stat: after.get(f"cluster.{to}.{stat}", 0) - before.get(f"cluster.{to}.{stat}", 0)  # noqa: E731
+            statuses = {int(k): v for k, v in load["statuses"].items()}
+            errors = load["errors"] + sum(v for k, v in statuses.items() if k >= 400)
+            results[name] = {
+                "label": label, "requests": load["sent"], "ok": statuses.get(200, 0),
+                "client_errors": errors, "statuses": statuses,
+                "upstream_attempts": upstream.total_attempts,
+                "attempts_per_request": upstream.total_attempts / max(1, load["sent"]),
+                "error_rate": errors / max(1, load["sent"]), "seconds": load["seconds"],
+                "envoy_retries": delta("upstream_rq_retry"),
+                "retry_overflow": delta("upstream_rq_retry_overflow"),
+            }
+    finally:
+        clean = envoy.stop()
+        upstream.stop()
+    return results, clean
+
+
+# -- summary --------------------------------------------------------------------------------------
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def summarize(samples):
+    summary = {}
+    for key, runs in samples.items():
+        s = {k: median([r.get(k) for r in runs]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us")}
+        s["non_2xx"] = sum(r["non_2xx"] for r in runs)
+        s["socket_errors"] = sum(r["socket_errors"] for r in runs)
+        rps = [r["rps"] for r in runs]
+        s["spread"] = (max(rps) - min(rps)) / s["rps"] if s["rps"] else None
+        summary[key] = s
+    return summary
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def wasm_opt_size(path, work):
+    """The size after binaryen's `wasm-opt -Oz`, if it is installed (a what-if, not the build)."""
+    if not shutil.which("wasm-opt"):
+        return None
+    out = work / (path.stem + ".opt.wasm")
+    done = subprocess.run(["wasm-opt", "-Oz", "--enable-bulk-memory", "--enable-sign-ext",
+                           "--enable-mutable-globals", "--enable-nontrapping-float-to-int",
+                           str(path), "-o", str(out)], capture_output=True, text=True)
+    return out.stat().st_size if done.returncode == 0 and out.exists() else None
+
+
+def machine(load_before):
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "envoy": envoy_version(), "load_before": load_before, "load_after": os.getloadavg()}
+
+
+def fmt(value, spec, missing="—"):
+    return missing if value is None else format(value, spec)
+
+
+def tables(result):
+    s, t = result["summary"], result["targets"]
+    lines = [
+        "| variant | req/s | vs B | vs A | p50 ms | p99 ms | worker CPU µs/req | spread | non-2xx |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for variant, kind, _, _ in RUNS:
+        row = s[f"{variant} {kind}"]
+        base_kind = "POST keyed" if kind.startswith("POST") else "GET"
+        b, a = s[f"B {base_kind}"], s[f"A {base_kind}"]
+        lines.append(
+            f"| {LABELS[(variant, kind)]} | {row['rps']:.0f} | {fmt(ratio(row['rps'], b['rps']), '.3f')} | "
+            f"{fmt(ratio(row['rps'], a['rps']), '.3f')} | {fmt(row['p50_ms'], '.3f')} | "
+            f"{fmt(row['p99_ms'], '.3f')} | {fmt(row['cpu_us'], '.1f')} | "
+            f"{fmt(row['spread'], '.0%')} | {row['non_2xx'] + row['socket_errors']} |")
+    lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
+    for name, (measured, met) in t.items():
+        lines.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
+    retry = result.get("retry_effect")
+    if retry:
+        lines += ["", f"Retry effect: {retry['filtered']['requests']:,} GETs, the upstream resets "
+                  "every tenth request (by number) on its first attempt, before answering.", "",
+                  "| | client errors | error rate | upstream attempts | attempts / request "
+                  "| Envoy retries | retries refused by the breaker |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in retry.values():
+            lines.append(f"| {r['label']} | {r['client_errors']:,} | {r['error_rate']:.1%} | "
+                         f"{r['upstream_attempts']:,} | {r['attempts_per_request']:.3f} | "
+                         f"{r['envoy_retries']:,} | {r['retry_overflow']:,} |")
+    fuel = result.get("fuel")
+    if fuel:
+        lines += ["", "Per-request cost in the mock host (`bench/fuel-baseline.json`, deterministic): "
+                  "wasm instructions (wasmtime fuel) and host crossings.", "",
+                  "| path | wasm instructions | host calls | buffers allocated by the host | calls |",
+                  "| --- | ---: | ---: | ---: | --- |"]
+        rows = list(fuel["paths"].items())
+        if fuel.get("noop_floor_get"):
+            rows.insert(0, ("empty filter (B), GET", fuel["noop_floor_get"]))
+        for name, c in rows:
+            calls = ", ".join(f"{k.replace('proxy_', '')} {v}" for k, v in c["calls"].items()
+                              if k != "proxy_on_memory_allocate")
+            lines.append(f"| {name} | {c['fuel']:,} | {c['host_calls']} | {c['allocations']} | {calls} |")
+    return "\n".join(lines)
+
+
+def targets(summary, retry, wasm_bytes):
+    g = lambda v, k: summary[f"{v} {k}"]  # noqa: E731
+    out = {}
+    c_b = ratio(g("C", "GET")["rps"], g("B", "GET")["rps"])
+    out["C/B throughput ≥ 0.95"] = (fmt(c_b, ".3f"), c_b is not None and c_b >= 0.95)
+    p99 = ratio(g("C", "GET")["p99_ms"], g("B", "GET")["p99_ms"])
+    out["C p99 within 5% of B"] = (f"{fmt(p99, '.3f')}× B", p99 is not None and p99 <= 1.05)
+    d_b = ratio(g("D", "POST keyed")["rps"], g("B", "POST keyed")["rps"])
+    out["D (first execution)/B ≥ 0.85"] = (fmt(d_b, ".3f"), d_b is not None and d_b >= 0.85)
+    rp = ratio(g("D", "POST replay")["rps"], g("A", "POST keyed")["rps"])
+    out["replay faster than a proxied request"] = (f"{fmt(rp, '.2f')}× plain Envoy's POST",
+                                                   rp is not None and rp > 1)
+    out[".wasm ≤ 200 KB"] = (f"{wasm_bytes:,} bytes", wasm_bytes <= 200 * 1024)
+    if retry:
+        f, p = retry["filtered_raised"], retry["plain"]
+        out["retry effect: 0 client errors, attempts ≤ 1.12 × requests (breaker raised)"] = (
+            f"{f['client_errors']} errors, {f['attempts_per_request']:.3f}× "
+            f"(plain Envoy: {p['error_rate']:.1%} errors)",
+            f["client_errors"] == 0 and f["attempts_per_request"] <= 1.12)
+    return out
+
+
+def update_readme(block):
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        print(f"README.md has no {README_BEGIN} … {README_END} block: not updated", file=sys.stderr)
+        return False
+    readme.write_text(text[:begin + len(README_BEGIN)] + "\n" + block + "\n" + text[end:])
+    return True
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10, help="per run (default 10)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--retry-requests", type=int, default=10_000)
+    ap.add_argument("--quick", action="store_true", help="smoke test: 1 s, 1 round, 1,000 retry GETs")
+    ap.add_argument("--out", type=Path, help="where results.json and REPORT.md go")
+    ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     args = ap.parse_args()
-    for tool in ("wrk",):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: run scripts/bootstrap")
-    if not WASM.exists():
-        sys.exit(f"{WASM} is missing: cargo build --release --target wasm32-wasip1 -p resetguard-filter")
+    if args.quick:
+        args.seconds, args.rounds, args.retry_requests = 1, 1, 1000
+    out_dir = args.out or (Path(tempfile.mkdtemp(prefix="resetguard-bench-out-")) if args.quick
+                           else ROOT / "bench")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not shutil.which("wrk"):
+        sys.exit("wrk is missing: run scripts/bootstrap")
+    for path in (WASM, NOOP_WASM):
+        if not path.exists():
+            sys.exit(f"{path} is missing: {BUILD}")
 
-    ports = {name: free_port() for name in ("plain", "filtered", "keyed", "backend")}
-    admin = free_port()
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="resetguard-bench-"))
-    (work / "envoy.json").write_text(json.dumps(bootstrap(ports, admin)))
-    (work / "post.lua").write_text(POST_LUA)
-    (work / "keyed.lua").write_text(KEYED_POST_LUA)
-    (work / "replay.lua").write_text(REPLAY_POST_LUA)
-    log = open(work / "envoy.log", "w")
-    # One worker thread: the comparison is per-request CPU, and wrk needs the other core.
-    proc = subprocess.Popen([str(ENVOY), "-c", str(work / "envoy.json"), "--concurrency", "1",
-                             "--use-dynamic-base-id", "-l", "warning"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(admin, proc)
-        variants = [
-            ("GET plain", "plain", None), ("GET filtered", "filtered", None),
-            ("POST plain", "plain", "post.lua"), ("POST filtered", "filtered", "post.lua"),
-            ("POST keyed (unique keys)", "keyed", "keyed.lua"),
-            ("POST keyed (replays of one key)", "keyed", "replay.lua"),
-        ]
-        samples = {name: [] for name, _, _ in variants}
-        for _ in range(args.rounds):
-            for name, listener_name, script in variants:
-                samples[name].append(run_wrk(ports[listener_name], args.seconds, args.connections,
-                                             str(work / script) if script else None))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        if proc.returncode == 0 or proc.returncode == -signal.SIGTERM:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"envoy exited with {proc.returncode}; its files are in {work}", file=sys.stderr)
-
-    def median(values):
-        values = sorted(v for v in values if v is not None)
-        return values[len(values) // 2] if values else None
-
-    summary = {}
-    for name, runs in samples.items():
-        summary[name] = {k: median([r[k] for r in runs]) for k in ("rps", "p50_ms", "p99_ms")}
-        summary[name]["non_2xx"] = sum(r["non_2xx"] for r in runs)
-    baseline = {"GET": summary["GET plain"], "POST": summary["POST plain"]}
-    rows = []
-    for name, s in summary.items():
-        base = baseline[name.split()[0]]
-        s["rps_ratio"] = s["rps"] / base["rps"]
-        s["p50_ratio"] = (s["p50_ms"] / base["p50_ms"]) if s["p50_ms"] and base["p50_ms"] else None
-        rows.append(f"| {name} | {s['rps']:.0f} | {s['rps_ratio']:.3f} | {s['p50_ms']:.3f} | "
-                    f"{s['p99_ms']:.3f} | {s['non_2xx']} |")
-    result = {"seconds": args.seconds, "rounds": args.rounds, "connections": args.connections,
-              "envoy": subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True).stdout.strip(),
-              "wasm_bytes": WASM.stat().st_size, "summary": summary, "raw": samples}
-    (ROOT / "bench/results.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = "\n".join([
-        "| variant | req/s (median) | ratio to plain | p50 ms | p99 ms | non-2xx |",
-        "| --- | --- | --- | --- | --- | --- |", *rows])
-    print(table)
-    (ROOT / "bench/REPORT.md").write_text(
-        "# resetguard benchmark\n\n"
-        f"Generated by `bench/bench.py --seconds {args.seconds} --rounds {args.rounds} "
-        f"--connections {args.connections}` on {time.strftime('%Y-%m-%d')}: one Envoy "
-        f"(`--concurrency 1`, {result['envoy'].split()[-1]}), wrk with one thread and "
-        f"{args.connections} connections on loopback, the medians of {args.rounds} alternating "
-        f"rounds of {args.seconds} s per variant. The .wasm was {result['wasm_bytes']:,} bytes. "
-        "Ratios compare with `plain` (no filter) of the same method in the same run.\n\n"
-        + table + "\n")
-    return table
+    samples, clean = run_throughput(work, args)
+    retry, clean_retry = (run_retry_effect(work, args.retry_requests) if args.retry_requests
+                          else (None, True))
+    wasm_bytes = WASM.stat().st_size
+    summary = summarize(samples)
+    fuel_file = ROOT / "bench/fuel-baseline.json"
+    result = {
+        "command": " ".join(["scripts/bench"] + sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seconds": args.seconds, "rounds": args.rounds, "connections": args.connections,
+        "machine": machine(load_before),
+        "wasm_bytes": wasm_bytes, "noop_wasm_bytes": NOOP_WASM.stat().st_size,
+        "wasm_opt_oz_bytes": wasm_opt_size(WASM, work),
+        "summary": {f"{v} {k}": s for (v, k), s in summary.items()},
+        "retry_effect": retry,
+        "fuel": json.loads(fuel_file.read_text()) if fuel_file.exists() else None,
+        "raw": {f"{v} {k}": runs for (v, k), runs in samples.items()},
+    }
+    result["targets"] = {k: {"measured": m, "met": ok} for k, (m, ok) in
+                         targets(result["summary"], retry, wasm_bytes).items()}
+    result_for_tables = dict(result, targets={k: (v["measured"], v["met"])
+                                              for k, v in result["targets"].items()})
+    table = tables(result_for_tables)
+    m = result["machine"]
+    spread = max((s["spread"] or 0) for s in result["summary"].values())
+    about = (
+        f"`{result['command']}` on {result['date']}: Envoy {m['envoy']} (`--concurrency 1`, V8), "
+        f"wrk (1 thread, {args.connections} connections) on loopback, medians of {args.rounds} "
+        f"alternating rounds of {args.seconds} s. Machine: {m['cpu']}, {m['cores']} cores, "
+        f"Linux {m['kernel']}; load average {m['load_before'][0]:.2f} before, "
+        f"{m['load_after'][0]:.2f} after; the widest spread of req/s across rounds was "
+        f"{spread:.0%}. The .wasm is {wasm_bytes:,} bytes (the empty filter: "
+        f"{result['noop_wasm_bytes']:,}; after `wasm-opt -Oz`: "
+        f"{fmt(result['wasm_opt_oz_bytes'], ',')}). Worker CPU µs/req is the Envoy worker "
+        "thread's CPU time per request, the backend included (it runs on the same worker).")
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (out_dir / "REPORT.md").write_text("# resetguard benchmark\n\n" + about + "\n\n" + table + "\n")
+    if not args.quick and not args.no_readme and out_dir == ROOT / "bench":
+        update_readme(about + "\n\n" + table)
+    print(about + "\n\n" + table)
+    print(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'REPORT.md'}", file=sys.stderr)
+    if clean and clean_retry:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"an Envoy exited uncleanly; its files are in {work}", file=sys.stderr)
+    return result
 
 
 if __name__ == "__main__":
