@@ -1,0 +1,11 @@
+//! The `resetguard` operator CLI, as a library so its tests can drive each part. It links the
+//! filter's rlib: configs are parsed and requests decided by the code the `.wasm` runs.
+
+pub mod discover;
+pub mod document;
+pub mod effective;
+pub mod explain;
+pub mod validate;
+
+/// The JSON Schema of the plugin configuration (`schema/resetguard.schema.json`).
+pub const SCHEMA: &str = include_str!("../../schema/resetguard.schema.json");

@@ -1,0 +1,390 @@
+//! The `resetguard` binary on every shipped example (must pass) and on broken variants of them
+//! (must fail, naming file, line and path).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resetguard"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every JSON/YAML file under examples/.
+fn shipped_examples() -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path
+                .extension()
+                .is_some_and(|e| e == "json" || e == "yaml" || e == "yml")
+            {
+                let rel = path.strip_prefix(repo()).unwrap_or(&path);
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&repo().join("examples"), &mut out);
+    out.sort();
+    out
+}
+
+/// A broken copy of a shipped example: `from` must occur in it.
+fn broken(name: &str, example: &str, from: &str, to: &str) -> String {
+    let original = std::fs::read_to_string(repo().join(example)).unwrap();
+    assert!(
+        original.contains(from),
+        "{example} no longer contains {from:?}"
+    );
+    let dir = std::env::temp_dir().join(format!("resetguard-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, original.replacen(from, to, 1)).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn line_of(file: &str, needle: &str) -> usize {
+    let text = std::fs::read_to_string(repo().join(file)).unwrap_or_default();
+    let text = if text.is_empty() {
+        std::fs::read_to_string(file).unwrap()
+    } else {
+        text
+    };
+    text.lines().position(|l| l.contains(needle)).expect(needle) + 1
+}
+
+#[test]
+fn every_shipped_example_validates() {
+    let examples = shipped_examples();
+    assert!(examples.len() >= 6, "{examples:?}");
+    for example in &examples {
+        let out = run(&["validate", example]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{example}:\n{stdout}\n{stderr}");
+        assert!(stdout.starts_with(&format!("ok: {example}\n")), "{stdout}");
+        assert!(stdout.contains("effective policy:"), "{stdout}");
+        assert!(!stderr.contains("error"), "{stderr}");
+    }
+}
+
+#[test]
+fn the_bootstrap_shows_each_routes_effective_policy() {
+    let out = run(&["validate", "examples/envoy/bootstrap.yaml"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("recognised by root_id \"resetguard\""),
+        "{stdout}"
+    );
+    let uploads = stdout.split("route \"uploads\"").nth(1).expect(&stdout);
+    assert!(
+        uploads.contains(
+            "x-envoy-retry-on: reset,connect-failure,refused-stream; x-envoy-max-retries: 1"
+        ),
+        "{stdout}"
+    );
+    let events = stdout.split("route \"events\"").nth(1).expect(&stdout);
+    assert!(
+        events.contains("resetguard disabled on this route"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_plugin_json_reports_every_error_with_line_and_path() {
+    let file = broken(
+        "three-errors.json",
+        "examples/config/strict.json",
+        "\"max_retries\": 2,",
+        "\"max_retries\": 11, \"maxretries\": 1,",
+    );
+    let file = {
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("\"debug\"", "\"loud\"");
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let out = run(&["validate", &file]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = line_of(&file, "max_retries");
+    assert!(
+        stderr.contains(&format!("{file}:{line}: retry.max_retries: invalid plugin configuration: an integer from 0 to 10, got 11")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("retry.maxretries: invalid plugin configuration: no such setting"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("client_abort.log_level: invalid plugin configuration: one of"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+}
+
+#[test]
+fn a_bootstrap_error_names_the_filter_and_the_field() {
+    let file = broken(
+        "bad-plugin.yaml",
+        "examples/envoy/bootstrap.yaml",
+        "\"connect-failure\", \"refused-stream\"]}}",
+        "\"connect-failure\", \"refused-strem\"]}}",
+    );
+    let out = run(&["validate", &file]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = line_of(&file, "value: |");
+    assert!(
+        stderr.contains(&format!(
+            "{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.configuration.value: invalid plugin configuration at `retry.on[2]`: one of"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_route_override_names_the_route_and_the_field() {
+    let file = broken(
+        "bad-override.yaml",
+        "examples/envoy/bootstrap.yaml",
+        "retry: { max_retries: 1 }",
+        "retry: { max_retries: 99 }\n                      idempotency: { shards: 4 }",
+    );
+    let out = run(&["validate", &file]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = line_of(&file, "shards: 4");
+    assert!(
+        stderr.contains(&format!(
+            "{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].metadata.filter_metadata.resetguard.idempotency.shards: invalid route override: a setting that cannot vary per route"
+        )),
+        "{stderr}"
+    );
+    let file = broken(
+        "bad-override-2.yaml",
+        "examples/envoy/bootstrap.yaml",
+        "retry: { max_retries: 1 }",
+        "retry: { max_retries: 99 }",
+    );
+    let (_, stderr) = text(&run(&["validate", &file]));
+    assert!(
+        stderr.contains("routes[0].metadata.filter_metadata.resetguard.retry.max_retries: invalid route override (merged onto the plugin configuration): an integer from 0 to 10, got 99"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bare_on_in_a_kubernetes_manifest_is_caught_with_a_hint() {
+    for (name, example) in [
+        ("istio.yaml", "examples/istio/wasmplugin.yaml"),
+        (
+            "gateway.yaml",
+            "examples/envoy-gateway/envoyextensionpolicy.yaml",
+        ),
+    ] {
+        let file = broken(name, example, "\"on\": [", "on: [");
+        let out = run(&["validate", &file]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let line = line_of(&file, " on: [");
+        assert!(stderr.contains(&format!("{file}:{line}: ")), "{stderr}");
+        assert!(
+            stderr.contains("retry.true: invalid plugin configuration: no such setting"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("hint:") && stderr.contains("quote it: \"on\""),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn unusable_input_exits_2() {
+    let garbage = broken(
+        "garbage.yaml",
+        "examples/envoy/bootstrap.yaml",
+        "static_resources:",
+        "static_resources: [",
+    );
+    let no_filter = broken(
+        "no-filter.yaml",
+        "examples/envoy/bootstrap.yaml",
+        "root_id: resetguard",
+        "root_id: other",
+    );
+    let no_filter = {
+        let text = std::fs::read_to_string(&no_filter)
+            .unwrap()
+            .replace("name: resetguard", "name: other")
+            .replace("/etc/envoy/resetguard.wasm", "/etc/envoy/other.wasm");
+        std::fs::write(&no_filter, text).unwrap();
+        no_filter
+    };
+    for (file, says) in [
+        (garbage.as_str(), "cannot parse"),
+        (no_filter.as_str(), "no resetguard configuration found"),
+        ("does/not/exist.json", "cannot read"),
+    ] {
+        let out = run(&["validate", file]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{file}: {stderr}");
+        assert!(stderr.contains(says), "{file}: {stderr}");
+        if file == no_filter {
+            assert!(
+                stdout.contains("skipped a Wasm filter that does not look like resetguard"),
+                "{stdout}"
+            );
+        }
+    }
+    assert_eq!(run(&["validate"]).status.code(), Some(2));
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn explain_a_reset_safe_get_and_an_unkeyed_post() {
+    let out = run(&[
+        "explain",
+        "--config",
+        "examples/envoy/bootstrap.yaml",
+        "GET",
+        "/items",
+        "-H",
+        "x-envoy-retry-on: 5xx",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("\n  x-envoy-retry-on: reset,connect-failure,refused-stream\n  x-envoy-max-retries: 2\n"), "{stdout}");
+    assert!(
+        stdout.contains("client retry headers stripped: x-envoy-retry-on"),
+        "{stdout}"
+    );
+
+    let out = run(&[
+        "explain",
+        "--config",
+        "examples/config/idempotency.json",
+        "POST",
+        "/payments",
+        "-H",
+        "authorization: Bearer t",
+        "-H",
+        "content-length: 2",
+    ]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("x-envoy-retry-on: reset-before-request,connect-failure,refused-stream"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("idempotency key: required, idempotency-key missing"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("local reply: 400 application/problem+json, type urn:resetguard:problem:idempotency-key-missing"), "{stdout}");
+
+    let out = run(&[
+        "explain",
+        "--config",
+        "examples/config/idempotency.json",
+        "POST",
+        "/payments",
+        "-H",
+        "Idempotency-Key: \"k1\"",
+        "-H",
+        "content-length: 2",
+    ]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("idempotency key: required and valid (idempotency-key: k1)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("key scope: a keyed hash of authorization (0 values)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the anonymous scope"), "{stdout}");
+}
+
+#[test]
+fn explain_applies_route_overrides() {
+    let out = run(&[
+        "explain",
+        "--config",
+        "examples/envoy/bootstrap.yaml",
+        "--route",
+        "uploads",
+        "PUT",
+        "/uploads/a",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("x-envoy-max-retries: 1\n"), "{stdout}");
+    let out = run(&[
+        "explain",
+        "--config",
+        "examples/envoy/bootstrap.yaml",
+        "--route",
+        "events",
+        "GET",
+        "/events/a",
+    ]);
+    assert!(text(&out)
+        .0
+        .contains("resetguard is disabled on this route"));
+    let out = run(&[
+        "explain",
+        "--config",
+        "examples/config/strict.json",
+        "--route-override",
+        r#"{"retry": {"per_try_timeout_ms": 250}}"#,
+        "GET",
+        "/",
+    ]);
+    assert!(
+        text(&out)
+            .0
+            .contains("x-envoy-upstream-rq-per-try-timeout-ms: 250\n"),
+        "{:?}",
+        text(&out)
+    );
+    let out = run(&[
+        "explain",
+        "--config",
+        "examples/config/strict.json",
+        "--route-override",
+        r#"{"retry": {"max_retries": "x"}}"#,
+        "GET",
+        "/",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("retry.max_retries"),
+        "{:?}",
+        text(&out)
+    );
+    assert_eq!(run(&["explain", "GET", "/"]).status.code(), Some(2));
+}
+
+#[test]
+fn schema_prints_the_shipped_schema() {
+    let out = run(&["schema"]);
+    let shipped = std::fs::read_to_string(repo().join("schema/resetguard.schema.json")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), shipped);
+}
