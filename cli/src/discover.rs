@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+const STRUCT_TYPE: &str = "type.googleapis.com/google.protobuf.Struct";
 /// Where Envoy route metadata for resetguard lives: `metadata.filter_metadata.resetguard`.
 pub const METADATA_NAMESPACE: &str = "resetguard";
 
@@ -151,8 +152,14 @@ fn configuration_bytes(config: &Value) -> Result<Vec<u8>, String> {
             Some(Value::String(s)) => Ok(s.as_bytes().to_vec()),
             Some(_) => Err("`value` of a StringValue must be a string".to_string()),
         },
+        // Envoy serialises a Struct to JSON for the plugin.
+        Some(STRUCT_TYPE) => match any.get("value") {
+            None | Some(Value::Null) => Ok(b"{}".to_vec()),
+            Some(v) => serde_json::to_vec(v).map_err(|e| e.to_string()),
+        },
         Some(other) => Err(format!(
-            "configuration of type {other}: resetguard reads its JSON from a {STRING_VALUE_TYPE}"
+            "configuration of type {other}: resetguard reads its JSON from a {STRING_VALUE_TYPE} \
+             (or a {STRUCT_TYPE})"
         )),
         None => Err(format!(
             "configuration without \"@type\": write {{\"@type\": \"{STRING_VALUE_TYPE}\", \"value\": \"<plugin JSON>\"}}"
@@ -223,11 +230,17 @@ fn wasm_filter(typed: &Value, path: &str, hcm: Option<&str>, found: &mut Found) 
         found.skipped.push((filter_path.to_string(), describe));
         return;
     };
+    let at = child_key(&child_key(path, "config"), "configuration");
+    // A Struct is part of the document: errors can point at the field's own line.
+    let is_struct = config
+        .pointer("/configuration/@type")
+        .and_then(Value::as_str)
+        == Some(STRUCT_TYPE);
     found.configs.push(FoundConfig {
         label: format!("resetguard filter (recognised by {reason})"),
-        path: child_key(&child_key(path, "config"), "configuration"),
+        inline_path: is_struct.then(|| child_key(&at, "value")),
+        path: at,
         raw: configuration_bytes(config),
-        inline_path: None,
         filter_name: None,
         hcm_path: hcm.map(str::to_string),
     });

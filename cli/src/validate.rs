@@ -122,6 +122,14 @@ pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
                 "resetguard reads route metadata only (xds.route_metadata); metadata here is ignored",
             );
         }
+        if found.configs.is_empty() && found.routes.is_empty() && found.skipped.is_empty() {
+            let kind = doc
+                .value
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("this document");
+            let _ = writeln!(ctx.out, "  nothing for resetguard in {kind}");
+        }
         let mut checked: Vec<Option<Checked>> = Vec::new();
         for config in &found.configs {
             checked.push(check_config(&mut ctx, config));

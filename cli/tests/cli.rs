@@ -388,3 +388,21 @@ fn schema_prints_the_shipped_schema() {
     let shipped = std::fs::read_to_string(repo().join("schema/resetguard.schema.json")).unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), shipped);
 }
+
+#[test]
+fn a_struct_configuration_is_read_as_envoy_passes_it() {
+    let file = broken(
+        "struct.yaml",
+        "examples/envoy/bootstrap.yaml",
+        "\"@type\": type.googleapis.com/google.protobuf.StringValue\n                  value: |\n                    {\"retry\": {\"max_retries\": 2, \"on\": [\"reset\", \"connect-failure\", \"refused-stream\"]}}",
+        "\"@type\": type.googleapis.com/google.protobuf.Struct\n                  value:\n                    retry: { max_retries: 3, per_try_timeout_ms: -1 }",
+    );
+    let out = run(&["validate", &file]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = line_of(&file, "per_try_timeout_ms: -1");
+    assert!(
+        stderr.contains(&format!("{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.configuration.value.retry.per_try_timeout_ms: invalid plugin configuration: an integer from 0 to 3600000, got -1")),
+        "{stderr}"
+    );
+}
