@@ -38,7 +38,10 @@ def test_json_example_loads_in_envoy(path, run_dir):
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=[p.parent.name for p in MANIFESTS])
 def test_manifest_plugin_config_loads_in_envoy(path, run_dir):
-    doc = yaml.safe_load(path.read_text())
+    docs = [d for d in yaml.safe_load_all(path.read_text())
+            if d["kind"] in ("WasmPlugin", "EnvoyExtensionPolicy")]
+    assert len(docs) == 1, path
+    doc = docs[0]
     spec = doc["spec"]
     if doc["kind"] == "WasmPlugin":
         assert doc["apiVersion"].startswith("extensions.istio.io/")
