@@ -23,6 +23,15 @@ fn slow(ms: u64) -> UpstreamAction {
     }
 }
 
+/// The upstream sends the headers and half the body, then resets.
+fn cut_mid_body() -> UpstreamAction {
+    UpstreamAction::ResetMidBody {
+        status: 200,
+        headers: vec![],
+        body_prefix: b"half".to_vec(),
+    }
+}
+
 #[test]
 fn outcomes_are_classified_from_envoy_stream_info() {
     let mut host = envoy();
@@ -44,13 +53,7 @@ fn outcomes_are_classified_from_envoy_stream_info() {
     assert_eq!(x.status, Some(503));
     assert_eq!(counters(&host), [1, 1, 1, 0, 0]);
 
-    let x = host.exchange(
-        Request::get("/").upstream(vec![UpstreamAction::ResetMidBody {
-            status: 200,
-            headers: vec![],
-            body_prefix: b"half".to_vec(),
-        }]),
-    );
+    let x = host.exchange(Request::get("/").upstream(vec![cut_mid_body()]));
     assert!(!x.complete);
     assert_eq!(counters(&host), [1, 1, 1, 1, 0]);
 
@@ -109,13 +112,7 @@ fn without_response_flags_a_response_cut_mid_body_is_incomplete_not_guessed() {
     // the upstream dying or the client leaving (aborts before any response: filter_abort.rs).
     for profile in [Profile::Kong, Profile::Apisix] {
         let mut h = host(profile, "");
-        let x = h.exchange(
-            Request::get("/").upstream(vec![UpstreamAction::ResetMidBody {
-                status: 200,
-                headers: vec![],
-                body_prefix: b"half".to_vec(),
-            }]),
-        );
+        let x = h.exchange(Request::get("/").upstream(vec![cut_mid_body()]));
         assert!(!x.complete);
         let x = h.exchange(Request::get("/").abort_mid_response(0));
         assert!(x.client_aborted);
