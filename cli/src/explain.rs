@@ -193,6 +193,12 @@ fn retry_lines(out: &mut String, d: &Decision<'_, '_>, config: &Config, method: 
     };
     let _ = writeln!(out, "retry:     {class}");
     match &d.arming {
+        _ if d.local_reply().is_some() => {
+            let _ = writeln!(
+                out,
+                "router headers set: none used (the filter answers the request itself, below)"
+            );
+        }
         Arming::Headers(plan) => {
             let _ = writeln!(
                 out,

@@ -184,7 +184,6 @@ fn config_error(ctx: &mut Ctx<'_>, found: &FoundConfig, e: &ConfigError) {
                 &at,
                 &format!("invalid plugin configuration: {}", e.expected),
             );
-            yaml11_hints(ctx, base);
         }
         // The config is a JSON string inside the document: point at the string, name the field.
         None => {
@@ -244,6 +243,9 @@ fn check_config(ctx: &mut Ctx<'_>, found: &FoundConfig) -> Option<Checked> {
         Err(errors) => {
             for e in &errors {
                 config_error(ctx, found, e);
+            }
+            if let Some(base) = &found.inline_path {
+                yaml11_hints(ctx, base);
             }
             None
         }
