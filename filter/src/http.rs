@@ -2,19 +2,22 @@
 //! idempotency layer, and classifies how the stream ended.
 
 use crate::config::AbortLogLevel;
+use crate::decision::{self, Arming, Decision, KeyDecision};
 use crate::host::{self, MapType};
-use crate::idempotency::scope::RequestHead;
 use crate::keyed_stream::{self, KeyedStream};
 use crate::logger;
 use crate::metrics::Counter;
 use crate::outcome::{self, AbortPhase, Outcome, ResponseSeen};
-use crate::retry_policy::{is_client_retry_control, RetrySafety};
-use crate::root::Shared;
+use crate::retry_policy::RetrySafety;
+use crate::root::{Plugin, Shared};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
 pub struct HttpFilter {
+    plugin: Option<Rc<Plugin>>,
+    /// The stream's policy: the plugin's until the request headers name the route, then the
+    /// route's (`None`: the route disables the filter, every callback passes through).
     shared: Option<Rc<Shared>>,
     /// The filter saw the request's end (end_of_stream or trailers): tells the abort phases apart.
     request_complete: bool,
@@ -24,16 +27,17 @@ pub struct HttpFilter {
 }
 
 impl HttpFilter {
-    pub fn new(shared: Option<Rc<Shared>>) -> HttpFilter {
+    pub fn new(plugin: Option<Rc<Plugin>>) -> HttpFilter {
         HttpFilter {
-            shared,
+            shared: plugin.as_ref().map(|p| p.base.clone()),
+            plugin,
             request_complete: false,
             response: ResponseSeen::default(),
             keyed: None,
         }
     }
 
-    /// One read of the request headers serves retry arming and the idempotency check.
+    /// One read of the request headers; `decision::decide` says what to do, this carries it out.
     fn on_request_headers(&mut self, shared: &Shared, end_of_stream: bool) -> Action {
         let pairs = match host::header_pairs(MapType::RequestHeaders) {
             Ok(pairs) => pairs,
@@ -44,52 +48,34 @@ impl HttpFilter {
                 return Action::Continue;
             }
         };
-        let idempotency = shared.idempotency.as_ref();
-        let mut head = RequestHead::default();
-        let mut client_controls = false;
-        for (name, value) in &pairs {
-            match name.as_slice() {
-                b":method" => head.method = value,
-                b":path" => head.path = value,
-                b":authority" => head.authority = value,
-                _ if is_client_retry_control(name) => {
-                    client_controls = true;
-                    if !shared.config.retry.trust_client_retry_headers {
-                        if let Err(e) = host::remove_header(MapType::RequestHeaders, name) {
-                            shared.metrics.inc(Counter::HostErrors);
-                            log::debug!("resetguard: cannot strip a client retry header ({e})");
-                        }
-                    }
-                }
-                _ => {
-                    if let Some(idem) = idempotency {
-                        idem.scope.observe(&mut head, name, value);
-                    }
-                }
+        let decision = decision::decide(shared.policy(), &pairs, end_of_stream);
+        for name in decision.stripped() {
+            if let Err(e) = host::remove_header(MapType::RequestHeaders, name) {
+                shared.metrics.inc(Counter::HostErrors);
+                log::debug!("resetguard: cannot strip a client retry header ({e})");
             }
         }
-        let mut safety = shared.retry.safety_of_method(head.method);
-        let mut action = Action::Continue;
-        if let Some(idem) = idempotency.filter(|i| i.scope.applies_to(&head)) {
-            let check = keyed_stream::check(idem, &head, end_of_stream, &shared.metrics);
-            if check.valid_key && idem.config.retry_keyed_requests && safety == RetrySafety::Unsafe
-            {
-                safety = RetrySafety::KeyedIdempotent;
+        let action = match (&decision.key, shared.idempotency.as_ref()) {
+            (KeyDecision::Refused { judgement, .. }, _) => {
+                keyed_stream::refuse(judgement.clone(), &shared.metrics)
             }
-            self.keyed = check.stream.map(Box::new);
-            action = check.action;
-        }
-        self.arm_retries(shared, safety, client_controls);
+            (KeyDecision::Valid { key }, Some(idem)) => {
+                let check =
+                    keyed_stream::check(idem, &decision.head, key, end_of_stream, &shared.metrics);
+                self.keyed = check.stream.map(Box::new);
+                check.action
+            }
+            _ => Action::Continue,
+        };
+        self.arm_retries(shared, &decision);
         action
     }
 
-    fn arm_retries(&self, shared: &Shared, safety: RetrySafety, client_controls: bool) {
-        let trusted_client_steers =
-            client_controls && shared.config.retry.trust_client_retry_headers;
-        if client_controls && !trusted_client_steers {
+    fn arm_retries(&self, shared: &Shared, decision: &Decision<'_, '_>) {
+        if !decision.stripped().is_empty() {
             shared.metrics.inc(Counter::ClientRetryHeadersStripped);
         }
-        let (class, armed) = match safety {
+        let (class, armed) = match decision.safety {
             RetrySafety::Idempotent => (Counter::RequestsIdempotent, Counter::RetryArmedFull),
             // Not idempotent by method, made retry-safe by a validated key.
             RetrySafety::KeyedIdempotent => (Counter::RequestsKeyed, Counter::RetryArmedFull),
@@ -99,10 +85,8 @@ impl HttpFilter {
             ),
         };
         shared.metrics.inc(class);
-        if trusted_client_steers {
-            return; // A trusted client chose its own retry policy.
-        }
-        let Some(plan) = shared.retry.plan(safety) else {
+        // A trusted client chose its own retry policy, or there is nothing to arm.
+        let Arming::Headers(plan) = decision.arming else {
             return;
         };
         for (name, value) in &plan.headers {
@@ -201,6 +185,9 @@ impl Context for HttpFilter {}
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.request_complete = end_of_stream;
+        if let Some(plugin) = &self.plugin {
+            self.shared = plugin.policy_for_route();
+        }
         match self.shared.clone() {
             Some(shared) => self.on_request_headers(&shared, end_of_stream),
             None => Action::Continue,

@@ -6,7 +6,6 @@ use crate::config::UnknownOutcome;
 use crate::host::{self, BufferType, MapType};
 use crate::idempotency::index::Identity;
 use crate::idempotency::index::Peek;
-use crate::idempotency::key::{parse_key, KeyError};
 use crate::idempotency::recorded::{RecordedResponse, MAX_STORED_HEADER_BYTES};
 use crate::idempotency::scope::{fingerprint, identity, RequestHead};
 use crate::idempotency::store::{Claim, Finish, Report, StoreError, Ticket};
@@ -26,8 +25,6 @@ const RETRY_LATER: [u16; 2] = [429, 503];
 
 /// What the key check at request headers decided.
 pub struct KeyCheck {
-    /// A syntactically valid key is present (the request may be retried as keyed-idempotent).
-    pub valid_key: bool,
     pub action: Action,
     /// Present while the request is deduped through the store.
     pub stream: Option<KeyedStream>,
@@ -117,50 +114,22 @@ fn count_report<T>(report: &Report<T>, metrics: &Metrics) {
     }
 }
 
-/// Checks the key of a request that requires one and, with a store, starts deduping it.
+/// Answers (or, in report mode, counts) a request `decision::decide` refused before the store.
+pub fn refuse(judgement: Judgement, metrics: &Metrics) -> Action {
+    action_of(&apply(judgement, metrics))
+}
+
+/// Starts deduping a request whose key `decision::decide` found valid (with a store; without
+/// one the key was all there was to check).
 pub fn check(
     idem: &Idempotency,
     head: &RequestHead<'_>,
+    key: &[u8],
     end_of_stream: bool,
     metrics: &Metrics,
 ) -> KeyCheck {
-    let config = &idem.config;
-    let parsed = match head.key_values.as_slice() {
-        [] => parse_key(None, config.max_key_length),
-        [one] => parse_key(Some(one), config.max_key_length),
-        _ => Err(KeyError::Malformed("more than one key header")),
-    };
-    let key = match parsed {
-        Ok(key) => key,
-        Err(error) => {
-            let judgement = idem
-                .rules
-                .key_error(error, &config.header, config.max_key_length);
-            let applied = apply(judgement, metrics);
-            return KeyCheck {
-                valid_key: false,
-                action: action_of(&applied),
-                stream: None,
-            };
-        }
-    };
-    let declared_too_large = head
-        .content_length
-        .is_some_and(|n| n > config.max_request_body_bytes as u64);
-    if declared_too_large && !end_of_stream {
-        let applied = apply(
-            idem.rules.body_too_large(config.max_request_body_bytes),
-            metrics,
-        );
-        return KeyCheck {
-            valid_key: true,
-            action: action_of(&applied),
-            stream: None,
-        };
-    }
     let Some(store) = &idem.store else {
         return KeyCheck {
-            valid_key: true,
             action: Action::Continue,
             stream: None,
         };
@@ -170,13 +139,12 @@ pub fn check(
         Err(e) => {
             let applied = apply(idem.rules.store_error(e), metrics);
             return KeyCheck {
-                valid_key: true,
                 action: action_of(&applied),
                 stream: None,
             };
         }
     };
-    let identity = identity(&seed, head, &key, idem.scope.scope_headers.len());
+    let identity = identity(&seed, head, key, idem.scope.scope_headers.len());
     if !end_of_stream {
         // The headers will reach the router before the body is in (see below): answer what needs
         // no body — a duplicate of a request still in flight, a full shard — right now, so that
@@ -191,7 +159,6 @@ pub fn check(
         if let Some(judgement) = early {
             let applied = apply(judgement, metrics);
             return KeyCheck {
-                valid_key: true,
                 action: action_of(&applied),
                 stream: None,
             };
@@ -214,7 +181,6 @@ pub fn check(
         Action::Continue
     };
     KeyCheck {
-        valid_key: true,
         action,
         stream: Some(stream),
     }

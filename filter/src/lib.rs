@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod retry_policy;
 mod root;
+mod route_policy;
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_context_id| Box::new(root::Root::default()));

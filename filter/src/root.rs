@@ -1,19 +1,22 @@
 //! The root context: validates the plugin configuration and hands it to every HTTP stream.
 
-use crate::config::{Config, IdempotencyConfig};
+use crate::config::{self, Config, IdempotencyConfig};
+use crate::decision::PolicyRef;
 use crate::host::{self, BufferType};
 use crate::http::HttpFilter;
 use crate::idempotency::shared_kv::HostKv;
-use crate::idempotency::store::{ShardedStore, SEED_LEN};
+use crate::idempotency::store::{IdempotencyStore, ShardedStore, SEED_LEN};
 use crate::idempotency::{self, Idempotency};
 use crate::logger;
 use crate::metrics::{Counter, Metrics};
 use crate::retry_policy::RetryPolicy;
+use crate::route_policy::RouteOverrides;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
 use std::rc::Rc;
 
-/// Everything a stream needs, built once per accepted configuration.
+/// Everything a stream needs: the plugin's policy, or a route's effective policy.
 pub struct Shared {
     pub config: Config,
     pub retry: RetryPolicy,
@@ -22,10 +25,48 @@ pub struct Shared {
     pub idempotency: Option<Idempotency>,
 }
 
+impl Shared {
+    /// What the request decision reads.
+    pub fn policy(&self) -> PolicyRef<'_> {
+        PolicyRef {
+            config: &self.config,
+            retry: &self.retry,
+            idempotency: self.idempotency.as_ref(),
+        }
+    }
+
+    /// A route's effective policy. Its store settings equal the plugin's (an override cannot
+    /// change them), so it opens the same store, already created at configure time.
+    pub fn for_route(&self, config: Config) -> Shared {
+        let store_open = self.idempotency.as_ref().is_some_and(|i| i.store.is_some());
+        let idempotency = config.idempotency.enabled.then(|| {
+            let store = store_open.then(|| {
+                let limits = idempotency::store_limits(&config.idempotency);
+                Box::new(ShardedStore::new(HostKv, limits)) as Box<dyn IdempotencyStore>
+            });
+            Idempotency::new(config.idempotency.clone(), store)
+        });
+        Shared {
+            retry: RetryPolicy::new(&config.retry),
+            config,
+            metrics: self.metrics.clone(),
+            idempotency,
+        }
+    }
+}
+
+/// One accepted configuration: the plugin's policy, the plugin JSON that route overrides merge
+/// onto, and the overrides resolved so far on this worker.
+pub struct Plugin {
+    pub base: Rc<Shared>,
+    pub json: serde_json::Value,
+    pub routes: RefCell<RouteOverrides>,
+}
+
 #[derive(Default)]
 pub struct Root {
     metrics: Option<Metrics>,
-    shared: Option<Rc<Shared>>,
+    plugin: Option<Rc<Plugin>>,
 }
 
 /// How often the root context re-reads the host's log level.
@@ -65,8 +106,10 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let config = match Config::parse(&raw) {
-            Ok(config) => config,
+        let parsed = config::parse_json(&raw)
+            .and_then(|json| Config::parse_value(&json).map(|config| (json, config)));
+        let (json, config) = match parsed {
+            Ok(parsed) => parsed,
             Err(e) => {
                 // One line naming the field: Envoy refuses to start (or keeps the old config).
                 log::error!("resetguard: {e}");
@@ -101,11 +144,16 @@ impl RootContext for Root {
             None
         };
         let retry = RetryPolicy::new(&config.retry);
-        self.shared = Some(Rc::new(Shared {
+        let base = Rc::new(Shared {
             config,
             retry,
             metrics: metrics.clone(),
             idempotency,
+        });
+        self.plugin = Some(Rc::new(Plugin {
+            base,
+            json,
+            routes: RefCell::default(),
         }));
         true
     }
@@ -116,7 +164,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK would panic. Without a configuration the stream passes through.
-        Some(Box::new(HttpFilter::new(self.shared.clone())))
+        Some(Box::new(HttpFilter::new(self.plugin.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -1,30 +1,51 @@
 //! `proxy_get_property` / `proxy_set_property` with Envoy's paths and encodings: integers are
-//! 8-byte little-endian, strings UTF-8, route metadata under `xds.route_metadata.filter_metadata`.
+//! 8-byte little-endian, strings UTF-8, route metadata under `xds.route_metadata.filter_metadata`
+//! (encoded as Envoy 1.40 does, see `encode_struct`).
 
+use crate::abi::status;
 use crate::profiles::Caps;
 use crate::state::VmState;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Encodes an integer property as Envoy does.
 pub fn int(value: u64) -> Vec<u8> {
     value.to_le_bytes().to_vec()
 }
 
-/// Reads a property; `None` answers NOT_FOUND.
-pub fn get(state: &VmState, caps: Caps, path: &[String]) -> Option<Vec<u8>> {
+/// Reads a property, or the status the host answers (NOT_FOUND, or SERIALIZATION_FAILURE for
+/// route metadata holding a null, as Envoy does).
+pub fn get(state: &VmState, caps: Caps, path: &[String]) -> Result<Vec<u8>, i32> {
     if state.shared().faults.properties_missing {
-        return None;
+        return Err(status::NOT_FOUND);
     }
     let segments: Vec<&str> = path.iter().map(String::as_str).collect();
     match segments.as_slice() {
+        ["xds", "route_metadata", "filter_metadata", rest @ ..] if caps.xds_properties => {
+            let (_, filter_metadata) = route(state);
+            metadata(filter_metadata, rest)
+        }
+        _ => lookup(state, caps, &segments).ok_or(status::NOT_FOUND),
+    }
+}
+
+/// The request's route if the test named one, else the host's default route.
+fn route(state: &VmState) -> (Option<&str>, &Map<String, Value>) {
+    match state.stream().and_then(|s| s.route.as_ref()) {
+        Some(route) => (Some(route.name.as_str()), &route.filter_metadata),
+        None => (
+            state.setup.route_name.as_deref(),
+            &state.setup.route_metadata,
+        ),
+    }
+}
+
+fn lookup(state: &VmState, caps: Caps, segments: &[&str]) -> Option<Vec<u8>> {
+    match segments {
         ["plugin_name"] => Some(state.setup.plugin_name.clone().into_bytes()),
         ["plugin_root_id"] => Some(state.setup.root_id.clone().into_bytes()),
         ["plugin_vm_id"] => Some(state.setup.vm_id.clone().into_bytes()),
         ["xds", "route_name"] if caps.xds_properties => {
-            state.setup.route_name.clone().map(String::into_bytes)
-        }
-        ["xds", "route_metadata", "filter_metadata", rest @ ..] if caps.xds_properties => {
-            metadata(&state.setup.route_metadata, rest)
+            route(state).0.map(|name| name.as_bytes().to_vec())
         }
         ["response", "flags"] if !caps.response_flags => None,
         ["response", "code_details"] if !caps.code_details => None,
@@ -49,20 +70,58 @@ pub fn get(state: &VmState, caps: Caps, path: &[String]) -> Option<Vec<u8>> {
     }
 }
 
-fn metadata(root: &serde_json::Map<String, Value>, path: &[&str]) -> Option<Vec<u8>> {
-    let (first, rest) = path.split_first()?;
-    let mut value = root.get(*first)?;
+fn metadata(root: &Map<String, Value>, path: &[&str]) -> Result<Vec<u8>, i32> {
+    let Some((first, rest)) = path.split_first() else {
+        return encode_struct(&Value::Object(root.clone()));
+    };
+    let mut value = root.get(*first).ok_or(status::NOT_FOUND)?;
     for segment in rest {
-        value = value.as_object()?.get(*segment)?;
+        value = value
+            .as_object()
+            .and_then(|map| map.get(*segment))
+            .ok_or(status::NOT_FOUND)?;
     }
-    Some(match value {
-        Value::String(s) => s.clone().into_bytes(),
-        Value::Number(n) => n.as_f64()?.to_le_bytes().to_vec(),
+    encode_struct(value)
+}
+
+/// A `google.protobuf.Struct` value as Envoy 1.40 hands it to a filter (measured): a CEL value,
+/// untyped. Numbers are 8-byte little-endian doubles, booleans one byte, strings UTF-8; a map is
+/// proxy-wasm's pair encoding (u32 count, (u32 key len, u32 value len) each, then NUL-terminated
+/// keys and values) with each value encoded the same way; a list is a pair encoding whose keys
+/// are the items and values empty. A null anywhere answers SERIALIZATION_FAILURE.
+pub fn encode_struct(value: &Value) -> Result<Vec<u8>, i32> {
+    Ok(match value {
+        Value::Null => return Err(status::SERIALIZATION_FAILURE),
         Value::Bool(b) => vec![u8::from(*b)],
-        Value::Null => return None,
-        // Envoy hands over a serialized protobuf Struct here; tests only read leaves.
-        other => other.to_string().into_bytes(),
+        Value::Number(n) => n.as_f64().unwrap_or(0.0).to_le_bytes().to_vec(),
+        Value::String(s) => s.clone().into_bytes(),
+        Value::Array(items) => pairs(
+            items
+                .iter()
+                .map(|item| Ok((encode_struct(item)?, Vec::new())))
+                .collect::<Result<_, i32>>()?,
+        ),
+        Value::Object(map) => pairs(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone().into_bytes(), encode_struct(v)?)))
+                .collect::<Result<_, i32>>()?,
+        ),
     })
+}
+
+fn pairs(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
+    let mut out = (entries.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in &entries {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in entries {
+        out.extend_from_slice(&k);
+        out.push(0);
+        out.extend_from_slice(&v);
+        out.push(0);
+    }
+    out
 }
 
 /// Stores a property; Envoy turns any path into filter state `wasm.<path>` readable by access

@@ -2,6 +2,7 @@
 
 use crate::abi::Pairs;
 use crate::router::UpstreamAction;
+use crate::state::Route;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
@@ -23,6 +24,8 @@ pub struct Request {
     pub abort_after_response_chunks: Option<usize>,
     /// The response body reaches the filter in chunks of this many bytes (default: one chunk).
     pub response_chunk_bytes: Option<usize>,
+    /// The route the request matches (default: the host's route, if any).
+    pub route: Option<Route>,
 }
 
 impl Request {
@@ -41,6 +44,7 @@ impl Request {
             abort_after_body_chunks: None,
             abort_after_response_chunks: None,
             response_chunk_bytes: None,
+            route: None,
         }
     }
 
@@ -92,6 +96,18 @@ impl Request {
 
     pub fn response_chunks_of(mut self, bytes: usize) -> Request {
         self.response_chunk_bytes = Some(bytes.max(1));
+        self
+    }
+
+    /// Matches the route `name` with this `filter_metadata` (filter name → JSON struct).
+    pub fn route(mut self, name: &str, filter_metadata: serde_json::Value) -> Request {
+        self.route = Some(Route {
+            name: name.to_string(),
+            filter_metadata: match filter_metadata {
+                serde_json::Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            },
+        });
         self
     }
 

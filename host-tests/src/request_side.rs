@@ -217,6 +217,7 @@ impl Vm {
             .insert("request.protocol".into(), b"HTTP/1.1".to_vec());
         data.info
             .insert("xds.cluster_name".into(), b"upstream".to_vec());
+        data.route = request.route.clone();
         let state = self.state_mut();
         state.contexts.insert(context, root);
         state.streams.insert(context, data);

@@ -106,6 +106,8 @@ pub struct StreamData {
     pub filter_state: BTreeMap<String, Vec<u8>>,
     /// Every `proxy_get_property` on this stream: the phase it ran in and the dotted path.
     pub property_reads: Vec<(Phase, String)>,
+    /// The route this request matched, when the test names one (else the host's default route).
+    pub route: Option<Route>,
 }
 
 impl StreamData {
@@ -121,6 +123,7 @@ impl StreamData {
             info: HashMap::new(),
             filter_state: BTreeMap::new(),
             property_reads: Vec::new(),
+            route: None,
         }
     }
 }
@@ -143,6 +146,14 @@ pub enum Pending {
         context: u32,
         stream: i32,
     },
+}
+
+/// The route a request matched: its name and `xds.route_metadata.filter_metadata` (filter name
+/// → JSON struct), served per request.
+#[derive(Clone, Debug, Default)]
+pub struct Route {
+    pub name: String,
+    pub filter_metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Per-VM configuration handed over at start-up.

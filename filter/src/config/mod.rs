@@ -17,6 +17,24 @@ use reader::{error, ObjectReader};
 /// Upper bound on the plugin JSON: a config this large is a mistake, not a policy.
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
+/// The plugin configuration as JSON (route overrides merge onto it): at most `MAX_CONFIG_BYTES`,
+/// and empty (or only whitespace) is `{}`.
+pub fn parse_json(raw: &[u8]) -> ConfigResult<serde_json::Value> {
+    if raw.len() > MAX_CONFIG_BYTES {
+        return Err(error(
+            "$",
+            format!(
+                "at most {MAX_CONFIG_BYTES} bytes of JSON, got {}",
+                raw.len()
+            ),
+        ));
+    }
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    serde_json::from_slice(raw).map_err(|e| error("$", format!("a JSON object ({e})")))
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub retry: RetryConfig,
@@ -27,21 +45,7 @@ pub struct Config {
 impl Config {
     /// Parses the plugin configuration. Empty (or only whitespace) means all defaults.
     pub fn parse(raw: &[u8]) -> ConfigResult<Config> {
-        if raw.len() > MAX_CONFIG_BYTES {
-            return Err(error(
-                "$",
-                format!(
-                    "at most {MAX_CONFIG_BYTES} bytes of JSON, got {}",
-                    raw.len()
-                ),
-            ));
-        }
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Config::default());
-        }
-        let value: serde_json::Value =
-            serde_json::from_slice(raw).map_err(|e| error("$", format!("a JSON object ({e})")))?;
-        Config::parse_value(&value)
+        Config::parse_value(&parse_json(raw)?)
     }
 
     /// Reads an already-parsed plugin JSON value with the same strict rules as `parse` (used for

@@ -30,8 +30,8 @@ fn get_property(mut c: C, pp: i32, pl: i32, rp: i32, rs: i32) -> wasmtime::Resul
     }
     let caps = caps(&c);
     match properties::get(c.data(), caps, &path) {
-        None => Ok(status::NOT_FOUND),
-        Some(v) => Ok(code(hand_over(&mut c, &v, rp, rs)?)),
+        Err(status) => Ok(status),
+        Ok(v) => Ok(code(hand_over(&mut c, &v, rp, rs)?)),
     }
 }
 

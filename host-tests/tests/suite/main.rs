@@ -8,6 +8,7 @@ mod filter_config;
 mod filter_idem_glue;
 mod filter_outcome;
 mod filter_retry;
+mod filter_route_override;
 mod filter_robust;
 mod fuzz;
 mod host_abi;

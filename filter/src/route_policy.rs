@@ -1,0 +1,168 @@
+//! Which policy a stream runs under: the plugin's, or its route's override of it.
+//!
+//! Per request this costs one property read (`xds.route_metadata.filter_metadata.resetguard`;
+//! NOT_FOUND on routes without one) and, for a route with an override, one ordered-map lookup
+//! keyed by the metadata bytes. An override is decoded, merged and validated once per worker
+//! (the first request of its route); an invalid one is reported then — one warning naming the
+//! route and the field, one `resetguard.config.route_override_rejected` — and its route runs
+//! under the plugin configuration.
+
+use crate::config::route_metadata;
+use crate::config::route_override::RouteOverride;
+use crate::config::ConfigError;
+use crate::host::{self, HostError};
+use crate::metrics::Counter;
+use crate::root::{Plugin, Shared};
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+const ROUTE_METADATA: [&str; 4] = ["xds", "route_metadata", "filter_metadata", "resetguard"];
+const ROUTE_NAME: [&str; 2] = ["xds", "route_name"];
+/// Envoy's answer when a route's metadata holds a value it cannot hand over (a `null`).
+const SERIALIZATION_FAILURE: HostError = HostError(3);
+
+/// Distinct overrides (per worker and configuration) kept parsed. Beyond this many the cache
+/// starts over: correct, but each override is parsed (and, if invalid, reported) again.
+pub const ROUTE_CACHE_CAPACITY: usize = 256;
+
+/// A bounded map from raw metadata bytes to what they resolve to.
+pub struct BoundedCache<V> {
+    entries: BTreeMap<Vec<u8>, V>,
+    capacity: usize,
+}
+
+impl<V: Clone> BoundedCache<V> {
+    pub fn new(capacity: usize) -> Self {
+        BoundedCache {
+            entries: BTreeMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<V> {
+        self.entries.get(key).cloned()
+    }
+
+    /// Inserts, first emptying the cache when it is full (no per-entry bookkeeping on hits).
+    pub fn insert(&mut self, key: Vec<u8>, value: V) {
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            self.entries.clear();
+        }
+        self.entries.insert(key, value);
+    }
+}
+
+/// Per-worker state of route overrides: resolved overrides, and the routes whose metadata the
+/// host could not serialize (reported once each).
+pub struct RouteOverrides {
+    resolved: BoundedCache<Option<Rc<Shared>>>,
+    unreadable: BTreeSet<Vec<u8>>,
+}
+
+impl Default for RouteOverrides {
+    fn default() -> Self {
+        RouteOverrides {
+            resolved: BoundedCache::new(ROUTE_CACHE_CAPACITY),
+            unreadable: BTreeSet::new(),
+        }
+    }
+}
+
+impl Plugin {
+    /// The current stream's policy; `None` when its route disables the filter.
+    pub fn policy_for_route(&self) -> Option<Rc<Shared>> {
+        let raw = match host::property(&ROUTE_METADATA) {
+            Ok(Some(raw)) => raw,
+            Err(e) if e == SERIALIZATION_FAILURE => {
+                self.report_unreadable();
+                return Some(self.base.clone());
+            }
+            // No override (NOT_FOUND), or a host without route metadata.
+            Ok(None) | Err(_) => return Some(self.base.clone()),
+        };
+        if let Some(resolved) = self.routes.borrow().resolved.get(&raw) {
+            return resolved;
+        }
+        let resolved = match self.resolve(&raw) {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                self.base.metrics.inc(Counter::RouteOverrideRejected);
+                log::warn!(
+                    "resetguard: route {}: ignoring its override (metadata.filter_metadata.\
+                     resetguard) at `{}`: expected {}; the route uses the plugin configuration",
+                    route_name(),
+                    e.path,
+                    e.expected
+                );
+                Some(self.base.clone())
+            }
+        };
+        if let Ok(mut routes) = self.routes.try_borrow_mut() {
+            routes.resolved.insert(raw, resolved.clone());
+        }
+        resolved
+    }
+
+    fn resolve(&self, raw: &[u8]) -> Result<Option<Rc<Shared>>, ConfigError> {
+        let value = route_metadata::decode(raw)?;
+        let config = RouteOverride::from_value(&value)?.apply(&self.json)?;
+        Ok(config.map(|config| Rc::new(self.base.for_route(config))))
+    }
+
+    fn report_unreadable(&self) {
+        let name = route_name();
+        let Ok(mut routes) = self.routes.try_borrow_mut() else {
+            return;
+        };
+        if routes.unreadable.len() >= ROUTE_CACHE_CAPACITY {
+            routes.unreadable.clear();
+        }
+        if routes.unreadable.insert(name.clone().into_bytes()) {
+            self.base.metrics.inc(Counter::RouteOverrideRejected);
+            log::warn!(
+                "resetguard: route {name}: ignoring its override (metadata.filter_metadata.\
+                 resetguard): the proxy cannot hand it to the filter (a null value?); the route \
+                 uses the plugin configuration"
+            );
+        }
+    }
+}
+
+fn route_name() -> String {
+    match host::property(&ROUTE_NAME) {
+        Ok(Some(name)) if !name.is_empty() => String::from_utf8_lossy(&name).into_owned(),
+        _ => "(unnamed)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_is_bounded_and_starts_over_when_full() {
+        let mut cache = BoundedCache::new(3);
+        for i in 0..3u8 {
+            cache.insert(vec![i], i);
+        }
+        // Same length and hash bucket or not, only equal bytes match.
+        assert_eq!(cache.get(&[0, 0]), None);
+        assert_eq!(
+            (cache.entries.len(), cache.get(&[1]), cache.get(&[9])),
+            (3, Some(1), None)
+        );
+        cache.insert(vec![3], 3);
+        assert_eq!(
+            (cache.entries.len(), cache.get(&[0]), cache.get(&[3])),
+            (1, None, Some(3))
+        );
+        for i in 0..1000u32 {
+            cache.insert(i.to_le_bytes().to_vec(), 0);
+            assert!(cache.entries.len() <= 3);
+        }
+        // Replacing a present key in a full cache keeps the others.
+        let full = cache.entries.len();
+        cache.insert(999u32.to_le_bytes().to_vec(), 1);
+        assert_eq!(cache.entries.len(), full);
+    }
+}
