@@ -47,7 +47,8 @@ pub struct FoundConfig {
 #[derive(Debug, Clone)]
 pub struct FoundRoute {
     pub path: String,
-    pub name: String,
+    /// The route's `name`, when it has one.
+    pub name: Option<String>,
     /// The override object, when the route has one.
     pub override_value: Option<Value>,
     /// Filter names this route turns off with Envoy's per-route `FilterConfig {disabled: true}`.
@@ -63,6 +64,16 @@ pub struct Found {
     pub skipped: Vec<(String, String)>,
     /// Metadata that resetguard never reads (not on a route): path.
     pub ignored_metadata: Vec<String>,
+}
+
+impl FoundRoute {
+    /// `"name"`, or where the route is when it has no name.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{name:?}"),
+            None => format!("at {}", self.path),
+        }
+    }
 }
 
 pub fn kind_of(value: &Value) -> Kind {
@@ -267,9 +278,7 @@ fn route(
     if metadata.is_none() && disabled_filters.is_empty() {
         return;
     }
-    let name = str_at(route, &["name"])
-        .map(|n| format!("{n:?}"))
-        .unwrap_or_else(|| format!("at {path}"));
+    let name = str_at(route, &["name"]).map(str::to_string);
     found.routes.push(FoundRoute {
         path: path.to_string(),
         name,

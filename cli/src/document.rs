@@ -216,19 +216,12 @@ impl Builder {
             }
             Event::Alias(id) => {
                 let value = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
-                if self.expecting_key() {
-                    return Err(format!("line {}: an alias as a mapping key", mark.line()));
-                }
-                let path = self.next_path();
+                let path = self.start_node("an alias", mark)?;
                 self.record_line(&path, mark);
                 self.push_value(value);
             }
             Event::MappingStart(anchor, _) => {
-                if self.expecting_key() {
-                    return Err(format!("line {}: a mapping as a mapping key", mark.line()));
-                }
-                let path = self.next_path();
-                self.record_line(&path, mark);
+                let path = self.start_node("a mapping", mark)?;
                 self.stack.push(Frame::Mapping {
                     path,
                     anchor,
@@ -237,11 +230,7 @@ impl Builder {
                 });
             }
             Event::SequenceStart(anchor, _) => {
-                if self.expecting_key() {
-                    return Err(format!("line {}: a sequence as a mapping key", mark.line()));
-                }
-                let path = self.next_path();
-                self.record_line(&path, mark);
+                let path = self.start_node("a sequence", mark)?;
                 self.stack.push(Frame::Sequence {
                     path,
                     anchor,
@@ -262,6 +251,16 @@ impl Builder {
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
         }
         Ok(())
+    }
+
+    /// The path (line recorded) of a node that starts here; only scalars may be mapping keys.
+    fn start_node(&mut self, what: &str, mark: Marker) -> Result<String, String> {
+        if self.expecting_key() {
+            return Err(format!("line {}: {what} as a mapping key", mark.line()));
+        }
+        let path = self.next_path();
+        self.record_line(&path, mark);
+        Ok(path)
     }
 
     fn record_line(&mut self, path: &str, mark: Marker) {

@@ -133,11 +133,13 @@ pub fn effective(
             Some(value)
         }
         (None, Some(name)) => {
-            let quoted = format!("{name:?}");
-            let route = routes.iter().find(|r| r.name == quoted).ok_or_else(|| {
-                format!("{file}: no route named {quoted} with resetguard settings")
-            })?;
-            source.push_str(&format!(", route {quoted}"));
+            let route = routes
+                .iter()
+                .find(|r| r.name.as_deref() == Some(name))
+                .ok_or_else(|| {
+                    format!("{file}: no route named {name:?} with resetguard settings")
+                })?;
+            source.push_str(&format!(", route {}", route.label()));
             if !route.disabled_filters.is_empty() {
                 source.push_str(" (note: Envoy's per-route FilterConfig disables a filter here)");
             }

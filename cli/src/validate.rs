@@ -408,7 +408,7 @@ fn check_route(
     checked: &[Option<Checked>],
 ) {
     let place = ctx.place(&route.path);
-    let _ = writeln!(ctx.out, "route {} at {place}", route.name);
+    let _ = writeln!(ctx.out, "route {} at {place}", route.label());
     if !route.disabled_filters.is_empty() {
         let _ = writeln!(
             ctx.out,

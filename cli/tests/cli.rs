@@ -45,17 +45,17 @@ fn shipped_examples() -> Vec<String> {
     out
 }
 
-/// A broken copy of a shipped example: `from` must occur in it.
-fn broken(name: &str, example: &str, from: &str, to: &str) -> String {
-    let original = std::fs::read_to_string(repo().join(example)).unwrap();
-    assert!(
-        original.contains(from),
-        "{example} no longer contains {from:?}"
-    );
+/// A broken copy of a shipped example: each `from` must occur in it and is replaced once.
+fn broken(name: &str, example: &str, edits: &[(&str, &str)]) -> String {
+    let mut text = std::fs::read_to_string(repo().join(example)).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{example} no longer contains {from:?}");
+        text = text.replacen(from, to, 1);
+    }
     let dir = std::env::temp_dir().join(format!("resetguard-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    std::fs::write(&path, original.replacen(from, to, 1)).unwrap();
+    std::fs::write(&path, text).unwrap();
     path.to_string_lossy().into_owned()
 }
 
@@ -67,6 +67,20 @@ fn line_of(file: &str, needle: &str) -> usize {
         text
     };
     text.lines().position(|l| l.contains(needle)).expect(needle) + 1
+}
+
+/// Runs `validate FILE`, expects status 1 and every fragment on stderr; returns stderr.
+fn rejected(file: &str, fragments: &[&str]) -> String {
+    let out = run(&["validate", file]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{file}: {stderr}");
+    for fragment in fragments {
+        assert!(
+            stderr.contains(fragment),
+            "{file}: no {fragment:?} in\n{stderr}"
+        );
+    }
+    stderr
 }
 
 #[test]
@@ -110,33 +124,24 @@ fn a_plugin_json_reports_every_error_with_line_and_path() {
     let file = broken(
         "three-errors.json",
         "examples/config/strict.json",
-        "\"max_retries\": 2,",
-        "\"max_retries\": 11, \"maxretries\": 1,",
+        &[
+            (
+                "\"max_retries\": 2,",
+                "\"max_retries\": 11, \"maxretries\": 1,",
+            ),
+            ("\"debug\"", "\"loud\""),
+        ],
     );
-    let file = {
-        let text = std::fs::read_to_string(&file)
-            .unwrap()
-            .replace("\"debug\"", "\"loud\"");
-        std::fs::write(&file, text).unwrap();
-        file
-    };
-    let out = run(&["validate", &file]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
     let line = line_of(&file, "max_retries");
-    assert!(
-        stderr.contains(&format!("{file}:{line}: retry.max_retries: invalid plugin configuration: an integer from 0 to 10, got 11")),
-        "{stderr}"
+    rejected(
+        &file,
+        &[
+            &format!("{file}:{line}: retry.max_retries: invalid plugin configuration: an integer from 0 to 10, got 11"),
+            "retry.maxretries: invalid plugin configuration: no such setting",
+            "client_abort.log_level: invalid plugin configuration: one of",
+            "3 error(s)",
+        ],
     );
-    assert!(
-        stderr.contains("retry.maxretries: invalid plugin configuration: no such setting"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("client_abort.log_level: invalid plugin configuration: one of"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("3 error(s)"), "{stderr}");
 }
 
 #[test]
@@ -144,19 +149,13 @@ fn a_bootstrap_error_names_the_filter_and_the_field() {
     let file = broken(
         "bad-plugin.yaml",
         "examples/envoy/bootstrap.yaml",
-        "\"connect-failure\", \"refused-stream\"]}}",
-        "\"connect-failure\", \"refused-strem\"]}}",
+        &[(
+            "\"connect-failure\", \"refused-stream\"]}}",
+            "\"connect-failure\", \"refused-strem\"]}}",
+        )],
     );
-    let out = run(&["validate", &file]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
     let line = line_of(&file, "value: |");
-    assert!(
-        stderr.contains(&format!(
-            "{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.configuration.value: invalid plugin configuration at `retry.on[2]`: one of"
-        )),
-        "{stderr}"
-    );
+    rejected(&file, &[&format!("{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.configuration.value: invalid plugin configuration at `retry.on[2]`: one of")]);
 }
 
 #[test]
@@ -164,30 +163,19 @@ fn a_bad_route_override_names_the_route_and_the_field() {
     let file = broken(
         "bad-override.yaml",
         "examples/envoy/bootstrap.yaml",
-        "retry: { max_retries: 1 }",
-        "retry: { max_retries: 99 }\n                      idempotency: { shards: 4 }",
+        &[(
+            "retry: { max_retries: 1 }",
+            "retry: { max_retries: 99 }\n                      idempotency: { shards: 4 }",
+        )],
     );
-    let out = run(&["validate", &file]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
     let line = line_of(&file, "shards: 4");
-    assert!(
-        stderr.contains(&format!(
-            "{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].metadata.filter_metadata.resetguard.idempotency.shards: invalid route override: a setting that cannot vary per route"
-        )),
-        "{stderr}"
-    );
+    rejected(&file, &[&format!("{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].metadata.filter_metadata.resetguard.idempotency.shards: invalid route override: a setting that cannot vary per route")]);
     let file = broken(
         "bad-override-2.yaml",
         "examples/envoy/bootstrap.yaml",
-        "retry: { max_retries: 1 }",
-        "retry: { max_retries: 99 }",
+        &[("retry: { max_retries: 1 }", "retry: { max_retries: 99 }")],
     );
-    let (_, stderr) = text(&run(&["validate", &file]));
-    assert!(
-        stderr.contains("routes[0].metadata.filter_metadata.resetguard.retry.max_retries: invalid route override (merged onto the plugin configuration): an integer from 0 to 10, got 99"),
-        "{stderr}"
-    );
+    rejected(&file, &["routes[0].metadata.filter_metadata.resetguard.retry.max_retries: invalid route override (merged onto the plugin configuration): an integer from 0 to 10, got 99"]);
 }
 
 #[test]
@@ -199,19 +187,16 @@ fn a_bare_on_in_a_kubernetes_manifest_is_caught_with_a_hint() {
             "examples/envoy-gateway/envoyextensionpolicy.yaml",
         ),
     ] {
-        let file = broken(name, example, "\"on\": [", "on: [");
-        let out = run(&["validate", &file]);
-        let (_, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let file = broken(name, example, &[("\"on\": [", "on: [")]);
         let line = line_of(&file, " on: [");
-        assert!(stderr.contains(&format!("{file}:{line}: ")), "{stderr}");
-        assert!(
-            stderr.contains("retry.true: invalid plugin configuration: no such setting"),
-            "{stderr}"
-        );
-        assert!(
-            stderr.contains("hint:") && stderr.contains("quote it: \"on\""),
-            "{stderr}"
+        rejected(
+            &file,
+            &[
+                &format!("{file}:{line}: "),
+                "retry.true: invalid plugin configuration: no such setting",
+                "hint:",
+                "quote it: \"on\"",
+            ],
         );
     }
 }
@@ -221,23 +206,20 @@ fn unusable_input_exits_2() {
     let garbage = broken(
         "garbage.yaml",
         "examples/envoy/bootstrap.yaml",
-        "static_resources:",
-        "static_resources: [",
+        &[("static_resources:", "static_resources: [")],
     );
     let no_filter = broken(
         "no-filter.yaml",
         "examples/envoy/bootstrap.yaml",
-        "root_id: resetguard",
-        "root_id: other",
+        &[
+            ("root_id: resetguard", "root_id: other"),
+            ("name: resetguard", "name: other"),
+            (
+                "filename: /etc/envoy/resetguard.wasm",
+                "filename: /etc/envoy/other.wasm",
+            ),
+        ],
     );
-    let no_filter = {
-        let text = std::fs::read_to_string(&no_filter)
-            .unwrap()
-            .replace("name: resetguard", "name: other")
-            .replace("/etc/envoy/resetguard.wasm", "/etc/envoy/other.wasm");
-        std::fs::write(&no_filter, text).unwrap();
-        no_filter
-    };
     for (file, says) in [
         (garbage.as_str(), "cannot parse"),
         (no_filter.as_str(), "no resetguard configuration found"),
@@ -258,125 +240,96 @@ fn unusable_input_exits_2() {
     assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
 }
 
-#[test]
-fn explain_a_reset_safe_get_and_an_unkeyed_post() {
-    let out = run(&[
-        "explain",
-        "--config",
-        "examples/envoy/bootstrap.yaml",
-        "GET",
-        "/items",
-        "-H",
-        "x-envoy-retry-on: 5xx",
-    ]);
+/// Runs `explain ARGS`, expects success and every fragment in its output.
+fn explain_says(args: &[&str], fragments: &[&str]) {
+    let out = run(&[&["explain"], args].concat());
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stdout.contains("\n  x-envoy-retry-on: reset,connect-failure,refused-stream\n  x-envoy-max-retries: 2\n"), "{stdout}");
-    assert!(
-        stdout.contains("client retry headers stripped: x-envoy-retry-on"),
-        "{stdout}"
-    );
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    for fragment in fragments {
+        assert!(
+            stdout.contains(fragment),
+            "{args:?}: no {fragment:?} in\n{stdout}"
+        );
+    }
+}
 
-    let out = run(&[
-        "explain",
-        "--config",
-        "examples/config/idempotency.json",
-        "POST",
-        "/payments",
-        "-H",
-        "authorization: Bearer t",
-        "-H",
-        "content-length: 2",
-    ]);
-    let (stdout, _) = text(&out);
-    assert!(
-        stdout.contains("router headers set: none used (the filter answers"),
-        "{stdout}"
+#[test]
+fn explain_a_reset_safe_get_and_keyed_posts() {
+    let bootstrap = ["--config", "examples/envoy/bootstrap.yaml"];
+    let idempotency = ["--config", "examples/config/idempotency.json"];
+    explain_says(
+        &[&bootstrap[..], &["GET", "/items", "-H", "x-envoy-retry-on: 5xx"]].concat(),
+        &[
+            "\n  x-envoy-retry-on: reset,connect-failure,refused-stream\n  x-envoy-max-retries: 2\n",
+            "client retry headers stripped: x-envoy-retry-on",
+        ],
     );
-    assert!(
-        stdout.contains("idempotency key: required, idempotency-key missing"),
-        "{stdout}"
+    explain_says(
+        &[&idempotency[..], &["POST", "/payments", "-H", "authorization: Bearer t", "-H", "content-length: 2"]].concat(),
+        &[
+            "router headers set: none used (the filter answers",
+            "idempotency key: required, idempotency-key missing",
+            "local reply: 400 application/problem+json, type urn:resetguard:problem:idempotency-key-missing",
+        ],
     );
-    assert!(stdout.contains("local reply: 400 application/problem+json, type urn:resetguard:problem:idempotency-key-missing"), "{stdout}");
-
-    let out = run(&[
-        "explain",
-        "--config",
-        "examples/config/idempotency.json",
-        "POST",
-        "/payments",
-        "-H",
-        "Idempotency-Key: \"k1\"",
-        "-H",
-        "content-length: 2",
-    ]);
-    let (stdout, _) = text(&out);
-    assert!(
-        stdout.contains("x-envoy-retry-on: reset-before-request,connect-failure,refused-stream"),
-        "{stdout}"
+    explain_says(
+        &[
+            &idempotency[..],
+            &[
+                "POST",
+                "/payments",
+                "-H",
+                "Idempotency-Key: \"k1\"",
+                "-H",
+                "content-length: 2",
+            ],
+        ]
+        .concat(),
+        &[
+            "x-envoy-retry-on: reset-before-request,connect-failure,refused-stream",
+            "idempotency key: required and valid (idempotency-key: k1)",
+            "key scope: a keyed hash of authorization (0 values)",
+            "the anonymous scope",
+        ],
     );
-    assert!(
-        stdout.contains("idempotency key: required and valid (idempotency-key: k1)"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("key scope: a keyed hash of authorization (0 values)"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("the anonymous scope"), "{stdout}");
 }
 
 #[test]
 fn explain_applies_route_overrides() {
-    let out = run(&[
-        "explain",
-        "--config",
-        "examples/envoy/bootstrap.yaml",
-        "--route",
-        "uploads",
-        "PUT",
-        "/uploads/a",
-    ]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stdout.contains("x-envoy-max-retries: 1\n"), "{stdout}");
-    let out = run(&[
-        "explain",
-        "--config",
-        "examples/envoy/bootstrap.yaml",
-        "--route",
-        "events",
-        "GET",
-        "/events/a",
-    ]);
-    assert!(text(&out)
-        .0
-        .contains("resetguard is disabled on this route"));
-    let out = run(&[
-        "explain",
-        "--config",
-        "examples/config/strict.json",
-        "--route-override",
-        r#"{"retry": {"per_try_timeout_ms": 250}}"#,
-        "GET",
-        "/",
-    ]);
-    assert!(
-        text(&out)
-            .0
-            .contains("x-envoy-upstream-rq-per-try-timeout-ms: 250\n"),
-        "{:?}",
-        text(&out)
+    let bootstrap = ["--config", "examples/envoy/bootstrap.yaml"];
+    let strict = ["--config", "examples/config/strict.json"];
+    explain_says(
+        &[&bootstrap[..], &["--route", "uploads", "PUT", "/uploads/a"]].concat(),
+        &["x-envoy-max-retries: 1\n"],
+    );
+    explain_says(
+        &[&bootstrap[..], &["--route", "events", "GET", "/events/a"]].concat(),
+        &["resetguard is disabled on this route"],
+    );
+    explain_says(
+        &[
+            &strict[..],
+            &[
+                "--route-override",
+                r#"{"retry": {"per_try_timeout_ms": 250}}"#,
+                "GET",
+                "/",
+            ],
+        ]
+        .concat(),
+        &["x-envoy-upstream-rq-per-try-timeout-ms: 250\n"],
     );
     let out = run(&[
-        "explain",
-        "--config",
-        "examples/config/strict.json",
-        "--route-override",
-        r#"{"retry": {"max_retries": "x"}}"#,
-        "GET",
-        "/",
-    ]);
+        &["explain"],
+        &strict[..],
+        &[
+            "--route-override",
+            r#"{"retry": {"max_retries": "x"}}"#,
+            "GET",
+            "/",
+        ],
+    ]
+    .concat());
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).1.contains("retry.max_retries"),
@@ -395,18 +348,7 @@ fn schema_prints_the_shipped_schema() {
 
 #[test]
 fn a_struct_configuration_is_read_as_envoy_passes_it() {
-    let file = broken(
-        "struct.yaml",
-        "examples/envoy/bootstrap.yaml",
-        "\"@type\": type.googleapis.com/google.protobuf.StringValue\n                  value: |\n                    {\"retry\": {\"max_retries\": 2, \"on\": [\"reset\", \"connect-failure\", \"refused-stream\"]}}",
-        "\"@type\": type.googleapis.com/google.protobuf.Struct\n                  value:\n                    retry: { max_retries: 3, per_try_timeout_ms: -1 }",
-    );
-    let out = run(&["validate", &file]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let file = broken("struct.yaml", "examples/envoy/bootstrap.yaml", &[("\"@type\": type.googleapis.com/google.protobuf.StringValue\n                  value: |\n                    {\"retry\": {\"max_retries\": 2, \"on\": [\"reset\", \"connect-failure\", \"refused-stream\"]}}", "\"@type\": type.googleapis.com/google.protobuf.Struct\n                  value:\n                    retry: { max_retries: 3, per_try_timeout_ms: -1 }")]);
     let line = line_of(&file, "per_try_timeout_ms: -1");
-    assert!(
-        stderr.contains(&format!("{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.configuration.value.retry.per_try_timeout_ms: invalid plugin configuration: an integer from 0 to 3600000, got -1")),
-        "{stderr}"
-    );
+    rejected(&file, &[&format!("{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.configuration.value.retry.per_try_timeout_ms: invalid plugin configuration: an integer from 0 to 3600000, got -1")]);
 }
