@@ -108,7 +108,13 @@ pub fn find(doc: &Document, text_if_plugin: &[u8]) -> Found {
         Kind::PluginConfig => found.configs.push(FoundConfig {
             label: "plugin configuration".to_string(),
             path: "$".to_string(),
-            raw: Ok(text_if_plugin.to_vec()),
+            // JSON (or nothing) goes to the parser byte for byte, as the proxy would pass it; a
+            // YAML plugin config as the JSON it stands for.
+            raw: if doc.value.is_null() || serde_json::from_slice::<Value>(text_if_plugin).is_ok() {
+                Ok(text_if_plugin.to_vec())
+            } else {
+                serde_json::to_vec(&doc.value).map_err(|e| e.to_string())
+            },
             inline_path: Some("$".to_string()),
             filter_name: None,
             hcm_path: None,

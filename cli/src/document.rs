@@ -96,6 +96,13 @@ pub fn load(text: &str) -> Result<Vec<Document>, String> {
                 problems: Vec::new(),
             }])
         }
+        // Nothing at all is a plugin config of defaults, as the filter reads it.
+        Err(_) if text.trim().is_empty() => Ok(vec![Document {
+            value: Value::Null,
+            lines: BTreeMap::new(),
+            yaml11_booleans: Vec::new(),
+            problems: Vec::new(),
+        }]),
         Err(json_err) => load_yaml(text, false)
             .map_err(|yaml_err| format!("neither JSON ({json_err}) nor YAML ({yaml_err})")),
     }

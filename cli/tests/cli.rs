@@ -352,3 +352,23 @@ fn a_struct_configuration_is_read_as_envoy_passes_it() {
     let line = line_of(&file, "per_try_timeout_ms: -1");
     rejected(&file, &[&format!("{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.configuration.value.retry.per_try_timeout_ms: invalid plugin configuration: an integer from 0 to 3600000, got -1")]);
 }
+
+#[test]
+fn an_empty_file_is_all_defaults_and_a_yaml_plugin_config_is_read_as_json() {
+    let dir = std::env::temp_dir().join(format!("resetguard-cli-plain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.json");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = run(&["validate", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(text(&out).0.contains("x-envoy-max-retries: 2"));
+    let yaml = dir.join("plugin.yaml");
+    std::fs::write(&yaml, "retry:\n  max_retries: 4\n  \"on\": [reset]\n").unwrap();
+    let out = run(&["validate", yaml.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(text(&out)
+        .0
+        .contains("x-envoy-retry-on: reset; x-envoy-max-retries: 4"));
+    std::fs::write(&yaml, "retry:\n  max_retries: 40\n").unwrap();
+    rejected(yaml.to_str().unwrap(), &["plugin.yaml:2: retry.max_retries: invalid plugin configuration: an integer from 0 to 10, got 40"]);
+}
