@@ -316,38 +316,63 @@ fn listed_after(message: &str, prefix: &str, end: &str) -> Option<BTreeSet<Strin
     Some(list.split(", ").map(str::to_string).collect())
 }
 
-/// What the filter's reader consults in the object at `section` (None: the root).
-fn keys_the_filter_reads(section: Option<&str>) -> BTreeSet<String> {
-    let probe = json!({"__probe__": 1});
-    let config = match section {
-        None => probe,
-        Some(s) => json!({ s: probe }),
-    };
+/// `value` nested under `path` (`["retry"]` -> `{"retry": value}`).
+fn nested(path: &[String], value: Value) -> Value {
+    path.iter().rev().fold(value, |v, k| json!({ k: v }))
+}
+
+/// The keys the filter's reader consults in the object at `path`, or `None` when it does not read
+/// an object there: an unknown key makes it list them ("known settings here: …").
+fn keys_the_filter_reads(path: &[String]) -> Option<BTreeSet<String>> {
+    let config = nested(path, json!({"__probe__": 1}));
     let err = Config::parse(config.to_string().as_bytes()).unwrap_err();
-    assert!(err.path.ends_with("__probe__"), "{err}");
-    listed_after(&err.expected, "known settings here: ", "\n").expect("the reader lists its keys")
+    if !err.path.ends_with("__probe__") {
+        return None; // rejected at the setting itself: not an object
+    }
+    Some(
+        listed_after(&err.expected, "known settings here: ", "\n")
+            .expect("the reader lists its keys"),
+    )
+}
+
+/// Walks every object the filter reads, from the filter's side, comparing keys with the schema.
+fn compare_objects(schema: &Value, node: &Value, path: &mut Vec<String>) {
+    let in_schema: BTreeSet<String> = properties(schema, node).keys().cloned().collect();
+    let read = keys_the_filter_reads(path)
+        .unwrap_or_else(|| panic!("{path:?} is an object in the schema, not in the filter"));
+    assert_eq!(
+        read,
+        in_schema,
+        "keys of `{}`: filter (left) vs schema (right)",
+        path.join(".")
+    );
+    for key in read {
+        path.push(key.clone());
+        let child = resolve(schema, &properties(schema, node)[&key]);
+        let schema_object = child.get("type").and_then(Value::as_str) == Some("object");
+        match keys_the_filter_reads(path) {
+            Some(_) => {
+                assert!(
+                    schema_object,
+                    "`{}` is an object in the filter, not in the schema",
+                    path.join(".")
+                );
+                compare_objects(schema, &child, path);
+            }
+            None => assert!(
+                !schema_object,
+                "`{}` is an object in the schema, not in the filter",
+                path.join(".")
+            ),
+        }
+        path.pop();
+    }
 }
 
 #[test]
 fn every_key_the_filter_reads_is_in_the_schema() {
     let schema = schema();
-    let top: BTreeSet<String> = properties(&schema, &schema).keys().cloned().collect();
-    assert_eq!(
-        keys_the_filter_reads(None),
-        top,
-        "top-level sections: filter vs schema"
-    );
-    for section in &top {
-        let in_schema: BTreeSet<String> = properties(&schema, &schema["properties"][section])
-            .keys()
-            .cloned()
-            .collect();
-        assert_eq!(
-            keys_the_filter_reads(Some(section)),
-            in_schema,
-            "settings of `{section}`: filter (left) vs schema (right)"
-        );
-    }
+    compare_objects(&schema, &schema, &mut Vec::new());
 }
 
 #[test]
