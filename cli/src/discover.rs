@@ -102,6 +102,20 @@ fn contains_type_url(value: &Value) -> bool {
     }
 }
 
+/// Loads `text` as the filter will receive it: Kubernetes manifests read as YAML 1.1, as their
+/// API server reads them (a bare `on` becomes `true`), everything else as JSON or YAML 1.2.
+pub fn load(text: &str) -> Result<Vec<Document>, String> {
+    let docs = crate::document::load(text)?;
+    Ok(docs
+        .into_iter()
+        .enumerate()
+        .map(|(index, doc)| match kind_of(&doc.value) {
+            Kind::Manifest => Document::reload_as_yaml11(text, index).unwrap_or(doc),
+            _ => doc,
+        })
+        .collect())
+}
+
 pub fn find(doc: &Document, text_if_plugin: &[u8]) -> Found {
     let mut found = Found::default();
     match kind_of(&doc.value) {

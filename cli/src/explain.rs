@@ -2,7 +2,7 @@
 //! `decision::decide` on the effective policy (plugin config, optionally with a route override).
 
 use crate::discover::{self, FoundRoute};
-use crate::document;
+
 use crate::validate::parse_all_errors;
 use resetguard::config::route_override::RouteOverride;
 use resetguard::config::{Config, IdempotencyMode};
@@ -88,7 +88,7 @@ pub fn effective(
     route: Option<&str>,
 ) -> Result<Effective, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: cannot read: {e}"))?;
-    let docs = document::load(&text).map_err(|e| format!("{file}: cannot parse: {e}"))?;
+    let docs = discover::load(&text).map_err(|e| format!("{file}: cannot parse: {e}"))?;
     let mut configs = Vec::new();
     let mut routes: Vec<FoundRoute> = Vec::new();
     for doc in &docs {

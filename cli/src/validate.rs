@@ -2,8 +2,8 @@
 //! own parser. Prints the effective policy per method (and per route with an override), or every
 //! error with its place: file, line, document path, and the field path in the plugin JSON.
 
-use crate::discover::{self, FoundConfig, FoundRoute, Kind};
-use crate::document::{self, child_key, Document};
+use crate::discover::{self, FoundConfig, FoundRoute};
+use crate::document::{child_key, Document};
 use crate::effective::policy_lines;
 use resetguard::config::route_override::RouteOverride;
 use resetguard::config::{Config, ConfigError};
@@ -77,7 +77,7 @@ fn unusable(message: String) -> Report {
 }
 
 pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
-    let docs = match document::load(text) {
+    let docs = match discover::load(text) {
         Ok(docs) => docs,
         Err(e) => return unusable(format!("error: {file}: cannot parse: {e}")),
     };
@@ -90,14 +90,6 @@ pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
     let mut errors = 0;
     let many = docs.len() > 1;
     for (index, doc) in docs.iter().enumerate() {
-        // Kubernetes reads manifests as YAML 1.1; read them the way the filter will receive them.
-        let doc11;
-        let doc = if discover::kind_of(&doc.value) == Kind::Manifest {
-            doc11 = Document::reload_as_yaml11(text, index);
-            doc11.as_ref().unwrap_or(doc)
-        } else {
-            doc
-        };
         let found = discover::find(doc, bytes);
         configs_found += found.configs.len();
         let mut ctx = Ctx {
