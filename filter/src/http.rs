@@ -152,7 +152,8 @@ impl HttpFilter {
                 (Outcome::Truncated, _) => "the response was cut off after it started",
                 _ => "the stream ended early for a reason the host does not report",
             };
-            let how = if outcome::inferred_from_lifecycle(flags, details.as_deref()) {
+            let inferred = outcome::inferred_from_lifecycle(flags, details.as_deref());
+            let how = if phase.is_some() && inferred {
                 " (inferred from the stream's lifecycle: the host reports no response flags)"
             } else {
                 ""

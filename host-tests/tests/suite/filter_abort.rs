@@ -312,6 +312,10 @@ fn hosts_without_response_flags_fall_back_to_the_streams_lifecycle() {
         assert!(inferred[1].contains("client_abort [awaiting_upstream] POST /orders"));
         let incomplete = lines_with(&host, LogLevel::Info, "incomplete POST /orders");
         assert_eq!(incomplete.len(), 1, "{profile:?}: {:?}", host.logs());
+        assert!(
+            !incomplete[0].contains("inferred"),
+            "not guessed: {incomplete:?}"
+        );
         assert!(host.logs_at(LogLevel::Warn).is_empty(), "{profile:?}");
         assert!(host.metrics().is_empty(), "{profile:?} has no metrics");
     }
