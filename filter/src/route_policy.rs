@@ -1,8 +1,8 @@
 //! Which policy a stream runs under: the plugin's, or its route's override of it.
 //!
 //! Per request this costs one property read (`xds.route_metadata.filter_metadata.resetguard`;
-//! NOT_FOUND on routes without one) and, for a route with an override, one ordered-map lookup
-//! keyed by the metadata bytes. An override is decoded, merged and validated once per worker
+//! NOT_FOUND on routes without one) and, for a route with an override, one cache lookup keyed
+//! by the metadata bytes. An override is decoded, merged and validated once per worker
 //! (the first request of its route); an invalid one is reported then — one warning naming the
 //! route and the field, one `resetguard.config.route_override_rejected` — and its route runs
 //! under the plugin configuration.
@@ -13,7 +13,6 @@ use crate::config::ConfigError;
 use crate::host::{self, HostError};
 use crate::metrics::Counter;
 use crate::root::{Plugin, Shared};
-use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 const ROUTE_METADATA: [&str; 4] = ["xds", "route_metadata", "filter_metadata", "resetguard"];
@@ -23,32 +22,40 @@ const SERIALIZATION_FAILURE: HostError = HostError(3);
 
 /// Distinct overrides (per worker and configuration) kept parsed. Beyond this many the cache
 /// starts over: correct, but each override is parsed (and, if invalid, reported) again.
-pub const ROUTE_CACHE_CAPACITY: usize = 256;
+pub const ROUTE_CACHE_CAPACITY: usize = 128;
 
-/// A bounded map from raw metadata bytes to what they resolve to.
+/// A bounded map from raw metadata bytes to what they resolve to: a list searched by length
+/// then bytes (routes with overrides are few; a tree map would add kilobytes to the .wasm).
 pub struct BoundedCache<V> {
-    entries: BTreeMap<Vec<u8>, V>,
+    entries: Vec<(Vec<u8>, V)>,
     capacity: usize,
 }
 
 impl<V: Clone> BoundedCache<V> {
     pub fn new(capacity: usize) -> Self {
         BoundedCache {
-            entries: BTreeMap::new(),
+            entries: Vec::new(),
             capacity: capacity.max(1),
         }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<V> {
-        self.entries.get(key).cloned()
+        self.entries
+            .iter()
+            .find(|(k, _)| k.len() == key.len() && k.as_slice() == key)
+            .map(|(_, v)| v.clone())
     }
 
-    /// Inserts, first emptying the cache when it is full (no per-entry bookkeeping on hits).
+    /// Inserts (or replaces), first emptying the cache when it is full.
     pub fn insert(&mut self, key: Vec<u8>, value: V) {
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+        if let Some(entry) = self.entries.iter_mut().find(|(k, _)| *k == key) {
+            entry.1 = value;
+            return;
+        }
+        if self.entries.len() >= self.capacity {
             self.entries.clear();
         }
-        self.entries.insert(key, value);
+        self.entries.push((key, value));
     }
 }
 
@@ -56,14 +63,15 @@ impl<V: Clone> BoundedCache<V> {
 /// host could not serialize (reported once each).
 pub struct RouteOverrides {
     resolved: BoundedCache<Option<Rc<Shared>>>,
-    unreadable: BTreeSet<Vec<u8>>,
+    /// Route names whose metadata could not be read, already reported.
+    unreadable: BoundedCache<()>,
 }
 
 impl Default for RouteOverrides {
     fn default() -> Self {
         RouteOverrides {
             resolved: BoundedCache::new(ROUTE_CACHE_CAPACITY),
-            unreadable: BTreeSet::new(),
+            unreadable: BoundedCache::new(ROUTE_CACHE_CAPACITY),
         }
     }
 }
@@ -114,10 +122,8 @@ impl Plugin {
         let Ok(mut routes) = self.routes.try_borrow_mut() else {
             return;
         };
-        if routes.unreadable.len() >= ROUTE_CACHE_CAPACITY {
-            routes.unreadable.clear();
-        }
-        if routes.unreadable.insert(name.clone().into_bytes()) {
+        if routes.unreadable.get(name.as_bytes()).is_none() {
+            routes.unreadable.insert(name.clone().into_bytes(), ());
             self.base.metrics.inc(Counter::RouteOverrideRejected);
             log::warn!(
                 "resetguard: route {name}: ignoring its override (metadata.filter_metadata.\

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The effective policy of a route is the plugin JSON with the override merged onto it (RFC 7396
-//! style: objects merge key by key, `null` removes a key so it takes its default, anything else
+//! style: objects merge key by key, `null` puts a setting back to its default, anything else
 //! replaces, arrays included), read by the same strict [`Config::parse_value`]. On top of the plugin
 //! settings an override may say `disabled: true`: the filter then leaves the route's streams alone.
 //!
@@ -63,8 +63,11 @@ impl RouteOverride {
                 ));
             }
         }
-        let mut patch = map.clone();
-        patch.remove(DISABLED);
+        // Built rather than cloned-then-removed: map removal code costs .wasm size.
+        let mut patch = Map::new();
+        for (key, value) in map.iter().filter(|(key, _)| *key != DISABLED) {
+            patch.insert(key.clone(), value.clone());
+        }
         Ok(RouteOverride {
             disabled,
             patch: Value::Object(patch),
@@ -94,23 +97,22 @@ impl RouteOverride {
     }
 }
 
-/// Merges `patch` onto `base`: objects key by key, `null` removes, anything else replaces.
+/// Merges `patch` onto `base`: objects key by key, anything else (arrays, `null`) replaces. The
+/// strict reader reads a `null` setting as its default, so `null` resets a setting (as removing
+/// it would in RFC 7396).
 pub fn merge(base: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *base = patch.clone();
-        return;
-    };
-    if !base.is_object() {
-        *base = Value::Object(Map::new());
-    }
-    if let Value::Object(base) = base {
-        for (key, value) in patch {
-            if value.is_null() {
-                base.remove(key);
-            } else {
-                merge(base.entry(key.clone()).or_insert(Value::Null), value);
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (key, value) in patch {
+                match base.get_mut(key) {
+                    Some(slot) => merge(slot, value),
+                    None => {
+                        base.insert(key.clone(), value.clone());
+                    }
+                }
             }
         }
+        (base, patch) => *base = patch.clone(),
     }
 }
 
@@ -271,12 +273,20 @@ mod tests {
     }
 
     #[test]
-    fn merge_follows_rfc7396() {
+    fn merge_is_rfc7396_with_null_kept_as_default() {
         let mut base = json!({"a": {"b": 1, "c": [1, 2]}, "d": 1});
         merge(
             &mut base,
             &json!({"a": {"b": null, "c": [3], "e": {"f": 1}}, "d": {"x": 1}}),
         );
-        assert_eq!(base, json!({"a": {"c": [3], "e": {"f": 1}}, "d": {"x": 1}}));
+        assert_eq!(
+            base,
+            json!({"a": {"b": null, "c": [3], "e": {"f": 1}}, "d": {"x": 1}})
+        );
+        // A null for a setting the plugin sets gives the default, like an absent key.
+        let plugin = json!({"retry": {"max_retries": 5}});
+        let mut merged = plugin.clone();
+        merge(&mut merged, &json!({"retry": {"max_retries": null}}));
+        assert_eq!(Config::parse_value(&merged).unwrap().retry.max_retries, 2);
     }
 }
