@@ -71,7 +71,7 @@ impl FoundRoute {
     pub fn label(&self) -> String {
         match &self.name {
             Some(name) => format!("{name:?}"),
-            None => format!("at {}", self.path),
+            None => "(unnamed)".to_string(),
         }
     }
 }
@@ -133,7 +133,7 @@ pub fn find(doc: &Document, text_if_plugin: &[u8]) -> Found {
             filter_name: None,
             hcm_path: None,
         }),
-        Kind::Envoy => walk(&doc.value, "$", None, &mut found),
+        Kind::Envoy => walk(&doc.value, "$", Context::default(), &mut found),
         Kind::Manifest => manifest(&doc.value, &mut found),
     }
     found
@@ -210,7 +210,15 @@ fn is_route(map: &serde_json::Map<String, Value>) -> bool {
         .any(|k| map.contains_key(*k))
 }
 
-fn walk(value: &Value, path: &str, hcm: Option<&str>, found: &mut Found) {
+/// Where the walk is: the connection manager it is inside, and the name of the filter whose
+/// `typed_config` it is in.
+#[derive(Clone, Copy, Default)]
+struct Context<'a> {
+    hcm: Option<&'a str>,
+    filter_name: Option<&'a str>,
+}
+
+fn walk(value: &Value, path: &str, ctx: Context<'_>, found: &mut Found) {
     match value {
         Value::Object(map) => {
             let hcm_here = if map.get("http_filters").is_some_and(Value::is_array) {
@@ -218,9 +226,9 @@ fn walk(value: &Value, path: &str, hcm: Option<&str>, found: &mut Found) {
             } else {
                 None
             };
-            let hcm = hcm_here.as_deref().or(hcm);
+            let hcm = hcm_here.as_deref().or(ctx.hcm);
             if map.get("@type").and_then(Value::as_str) == Some(WASM_FILTER_TYPE) {
-                wasm_filter(value, path, hcm, found);
+                wasm_filter(value, path, hcm, ctx.filter_name, found);
             }
             let metadata = value
                 .get("metadata")
@@ -236,12 +244,24 @@ fn walk(value: &Value, path: &str, hcm: Option<&str>, found: &mut Found) {
                 found.ignored_metadata.push(at);
             }
             for (k, v) in map {
-                walk(v, &child_key(path, k), hcm, found);
+                let filter_name = match k.as_str() {
+                    "typed_config" => map.get("name").and_then(Value::as_str),
+                    _ => None,
+                };
+                walk(v, &child_key(path, k), Context { hcm, filter_name }, found);
             }
         }
         Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
-                walk(v, &child_index(path, i), hcm, found);
+                walk(
+                    v,
+                    &child_index(path, i),
+                    Context {
+                        hcm: ctx.hcm,
+                        filter_name: None,
+                    },
+                    found,
+                );
             }
         }
         _ => {}
@@ -249,7 +269,13 @@ fn walk(value: &Value, path: &str, hcm: Option<&str>, found: &mut Found) {
 }
 
 /// The `typed_config` of a Wasm HTTP filter at `path`; its name sits one level up.
-fn wasm_filter(typed: &Value, path: &str, hcm: Option<&str>, found: &mut Found) {
+fn wasm_filter(
+    typed: &Value,
+    path: &str,
+    hcm: Option<&str>,
+    filter_name: Option<&str>,
+    found: &mut Found,
+) {
     let config = typed.get("config").unwrap_or(&Value::Null);
     let filter_path = path.strip_suffix(".typed_config").unwrap_or(path);
     let Some(reason) = recognise(config) else {
@@ -272,7 +298,7 @@ fn wasm_filter(typed: &Value, path: &str, hcm: Option<&str>, found: &mut Found) 
         inline_path: is_struct.then(|| child_key(&at, "value")),
         path: at,
         raw: configuration_bytes(config),
-        filter_name: None,
+        filter_name: filter_name.map(str::to_string),
         hcm_path: hcm.map(str::to_string),
     });
 }

@@ -401,11 +401,15 @@ fn check_route(
 ) {
     let place = ctx.place(&route.path);
     let _ = writeln!(ctx.out, "route {} at {place}", route.label());
-    if !route.disabled_filters.is_empty() {
+    let turned_off = configs_for(route, configs).into_iter().any(|(_, c)| {
+        c.filter_name
+            .as_ref()
+            .is_some_and(|name| route.disabled_filters.contains(name))
+    });
+    if turned_off {
         let _ = writeln!(
             ctx.out,
-            "  Envoy's per-route FilterConfig disables filter(s) {}",
-            route.disabled_filters.join(", ")
+            "  resetguard turned off on this route (Envoy's per-route FilterConfig disabled: true)"
         );
     }
     let Some(value) = &route.override_value else {

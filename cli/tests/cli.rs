@@ -372,3 +372,23 @@ fn an_empty_file_is_all_defaults_and_a_yaml_plugin_config_is_read_as_json() {
     std::fs::write(&yaml, "retry:\n  max_retries: 40\n").unwrap();
     rejected(yaml.to_str().unwrap(), &["plugin.yaml:2: retry.max_retries: invalid plugin configuration: an integer from 0 to 10, got 40"]);
 }
+
+#[test]
+fn a_route_that_turns_the_filter_off_in_envoy_is_shown() {
+    let file = broken(
+        "filterconfig.yaml",
+        "examples/envoy/bootstrap.yaml",
+        &[(
+            "metadata:\n                  filter_metadata:\n                    resetguard: { disabled: true }",
+            "typed_per_filter_config:\n                  envoy.filters.http.wasm:\n                    \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig\n                    disabled: true",
+        )],
+    );
+    let out = run(&["validate", &file]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let events = stdout.split("route \"events\"").nth(1).expect(&stdout);
+    assert!(
+        events.contains("resetguard turned off on this route (Envoy's per-route FilterConfig"),
+        "{stdout}"
+    );
+}
