@@ -391,9 +391,12 @@ fn may_have_run() -> bool {
     matches!(host::property(&["upstream", "address"]), Ok(Some(a)) if !a.is_empty())
 }
 
+/// The whole buffered body, or an error: a fingerprint over less than the body (a host that
+/// answers NOT_FOUND or short) would let another payload match, and replay, a stored response.
 fn read_request_body(size: usize) -> Result<Vec<u8>, StoreError> {
     match host::buffer(BufferType::RequestBody, 0, size) {
-        Ok(body) => Ok(body.unwrap_or_default()),
+        Ok(body) if body.as_ref().map_or(0, Vec::len) == size => Ok(body.unwrap_or_default()),
+        Ok(_) => Err(StoreError::Unavailable(host::HostError::NOT_FOUND.0)),
         Err(e) => Err(StoreError::Unavailable(e.0)),
     }
 }

@@ -20,3 +20,44 @@ pub struct Faults {
     /// Metric calls answer this status.
     pub metrics: Option<i32>,
 }
+
+impl Faults {
+    /// A random fault set drawn from one random word (the hostile driver's host faults): each
+    /// class of host call fails with its own small probability, answering one of the statuses a
+    /// real host gives (NOT_FOUND, BAD_ARGUMENT, INTERNAL_FAILURE, UNIMPLEMENTED, or a CAS
+    /// mismatch for shared-data writes). Often none at all, so faulty and healthy calls mix.
+    pub fn sample(word: u64) -> Faults {
+        use crate::abi::status;
+        const STATUSES: [i32; 4] = [
+            status::NOT_FOUND,
+            status::BAD_ARGUMENT,
+            status::INTERNAL_FAILURE,
+            status::UNIMPLEMENTED,
+        ];
+        // Four bits per class: a 1-in-16 chance to fail, and two more bits pick the status.
+        let class = |i: u32| -> Option<i32> {
+            let bits = (word >> (i * 6)) & 0x3f;
+            (bits & 0xf == 0).then(|| STATUSES[(bits >> 4) as usize])
+        };
+        Faults {
+            headers: class(0),
+            properties_missing: class(1).is_some(),
+            http_call: class(2),
+            shared_get: class(3),
+            shared_set: class(4).map(|s| {
+                if s == status::NOT_FOUND {
+                    status::CAS_MISMATCH
+                } else {
+                    s
+                }
+            }),
+            buffers: class(5),
+            log: class(6),
+            metrics: class(7),
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        *self != Faults::default()
+    }
+}

@@ -3,22 +3,22 @@
 use host_tests::{Host, Profile, Request, UpstreamAction};
 
 /// xorshift64*: deterministic and dependency-free.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+    pub(crate) fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[self.below(items.len() as u64) as usize]
     }
-    fn bytes(&mut self, max: u64) -> Vec<u8> {
+    pub(crate) fn bytes(&mut self, max: u64) -> Vec<u8> {
         let n = self.below(max + 1);
         (0..n).map(|_| self.next() as u8).collect()
     }

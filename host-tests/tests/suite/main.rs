@@ -14,5 +14,6 @@ mod fuzz;
 mod host_abi;
 mod host_envoy;
 mod host_stop_all;
+mod hostile;
 mod smoke;
 mod wat;
