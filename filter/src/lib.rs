@@ -1,7 +1,9 @@
 //! resetguard: a proxy-wasm HTTP filter that makes connection resets harmless.
 //!
-//! Decision logic lives in ABI-free modules (`config`, `retry_policy`, `outcome`) that are unit
-//! tested natively; `host` wraps the ABI without panicking; `root` and `http` are the thin glue.
+//! Decision logic lives in ABI-free modules (`config`, `decision`, `retry_policy`, `outcome`) that
+//! are unit tested natively; `decision::decide` is what the filter does with a request head, for
+//! the filter and for tools alike. `host` wraps the ABI without panicking; `root`, `route_policy`
+//! and `http` are the thin glue.
 
 pub mod config;
 pub mod decision;

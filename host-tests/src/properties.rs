@@ -2,7 +2,7 @@
 //! 8-byte little-endian, strings UTF-8, route metadata under `xds.route_metadata.filter_metadata`
 //! (encoded as Envoy 1.40 does, see `encode_struct`).
 
-use crate::abi::status;
+use crate::abi::{encode_pairs, status};
 use crate::profiles::Caps;
 use crate::state::VmState;
 use serde_json::{Map, Value};
@@ -95,33 +95,18 @@ pub fn encode_struct(value: &Value) -> Result<Vec<u8>, i32> {
         Value::Bool(b) => vec![u8::from(*b)],
         Value::Number(n) => n.as_f64().unwrap_or(0.0).to_le_bytes().to_vec(),
         Value::String(s) => s.clone().into_bytes(),
-        Value::Array(items) => pairs(
-            items
+        Value::Array(items) => encode_pairs(
+            &items
                 .iter()
                 .map(|item| Ok((encode_struct(item)?, Vec::new())))
-                .collect::<Result<_, i32>>()?,
+                .collect::<Result<Vec<_>, i32>>()?,
         ),
-        Value::Object(map) => pairs(
-            map.iter()
+        Value::Object(map) => encode_pairs(
+            &map.iter()
                 .map(|(k, v)| Ok((k.clone().into_bytes(), encode_struct(v)?)))
-                .collect::<Result<_, i32>>()?,
+                .collect::<Result<Vec<_>, i32>>()?,
         ),
     })
-}
-
-fn pairs(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
-    let mut out = (entries.len() as u32).to_le_bytes().to_vec();
-    for (k, v) in &entries {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in entries {
-        out.extend_from_slice(&k);
-        out.push(0);
-        out.extend_from_slice(&v);
-        out.push(0);
-    }
-    out
 }
 
 /// Stores a property; Envoy turns any path into filter state `wasm.<path>` readable by access

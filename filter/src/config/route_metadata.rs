@@ -210,22 +210,24 @@ mod tests {
     use crate::config::Config;
     use serde_json::json;
 
+    /// One level of proxy-wasm's pair encoding.
+    fn pairs(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        let mut out = (entries.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in entries {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in entries {
+            out.extend_from_slice(k);
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        out
+    }
+
     /// Encodes a JSON value the way Envoy 1.40 hands route metadata to a filter.
     fn envoy_encode(value: &Value) -> Vec<u8> {
-        fn pairs(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-            let mut out = (entries.len() as u32).to_le_bytes().to_vec();
-            for (k, v) in entries {
-                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            }
-            for (k, v) in entries {
-                out.extend_from_slice(k);
-                out.push(0);
-                out.extend_from_slice(v);
-                out.push(0);
-            }
-            out
-        }
         match value {
             Value::Null => panic!("Envoy cannot serialize null"),
             Value::Bool(b) => vec![u8::from(*b)],
@@ -260,18 +262,7 @@ mod tests {
 
     #[test]
     fn decodes_bytes_captured_from_envoy() {
-        let mut wrapped = vec![(b"retry".to_vec(), unhex(ENVOY_RETRY))];
-        let raw = {
-            let (k, v) = wrapped.remove(0);
-            let mut out = 1u32.to_le_bytes().to_vec();
-            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            out.extend_from_slice(&k);
-            out.push(0);
-            out.extend_from_slice(&v);
-            out.push(0);
-            out
-        };
+        let raw = pairs(&[(b"retry".to_vec(), unhex(ENVOY_RETRY))]);
         assert_eq!(
             decode(&raw).unwrap(),
             json!({"retry": {"max_retries": 0, "on": ["reset", "5xx"], "per_try_timeout_ms": "1.5"}})

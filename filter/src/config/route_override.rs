@@ -196,31 +196,6 @@ mod tests {
             (json!({}), json!({"retyr": {}}), "retyr"),
             (json!({}), json!({"retry": 1}), "retry"),
             (
-                idem.clone(),
-                json!({"idempotency": {"shards": 8}}),
-                "idempotency.shards",
-            ),
-            (
-                idem.clone(),
-                json!({"idempotency": {"max_entries": 8}}),
-                "idempotency.max_entries",
-            ),
-            (
-                idem.clone(),
-                json!({"idempotency": {"ttl_seconds": 8}}),
-                "idempotency.ttl_seconds",
-            ),
-            (
-                idem.clone(),
-                json!({"idempotency": {"lock_timeout_ms": 800}}),
-                "idempotency.lock_timeout_ms",
-            ),
-            (
-                idem.clone(),
-                json!({"idempotency": {"require_store": true}}),
-                "idempotency.require_store",
-            ),
-            (
                 idem,
                 json!({"idempotency": {"mode": "audit"}}),
                 "idempotency.mode",
@@ -235,6 +210,13 @@ mod tests {
         for (plugin, route, path) in cases {
             let err = effective(plugin, route.clone()).unwrap_err();
             assert_eq!(err.path, path, "{route}: {err}");
+        }
+        for fixed in FIXED_SETTINGS {
+            let (section, key) = fixed.split_once('.').unwrap();
+            let route = json!({ section: { key: 8 } });
+            let err = effective(json!({"idempotency": {}}), route).unwrap_err();
+            assert_eq!(err.path, *fixed);
+            assert!(err.expected.contains("cannot vary per route"), "{err}");
         }
     }
 

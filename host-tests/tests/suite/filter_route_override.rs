@@ -18,12 +18,21 @@ fn reset_then_ok() -> Vec<UpstreamAction> {
     vec![UpstreamAction::ResetBeforeHeaders, UpstreamAction::ok("ok")]
 }
 
-/// Warnings that mention this route's override.
-fn override_warnings(host: &host_tests::Host, route: &str) -> Vec<String> {
-    host.logs_at(LogLevel::Warn)
+/// The one warning about this route's override; it must say each of `fragments`.
+fn the_one_warning(host: &host_tests::Host, route: &str, fragments: &[&str]) {
+    let warnings: Vec<String> = host
+        .logs_at(LogLevel::Warn)
         .into_iter()
         .filter(|l| l.contains(&format!("route {route}:")) && l.contains("override"))
-        .collect()
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    for fragment in fragments {
+        assert!(
+            warnings[0].contains(fragment),
+            "{fragment}: {}",
+            warnings[0]
+        );
+    }
 }
 
 #[test]
@@ -104,14 +113,7 @@ fn an_invalid_override_falls_back_to_the_plugin_config_and_is_reported_once() {
             "plugin's retries"
         );
     }
-    let warnings = override_warnings(&host, "bad");
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(
-        warnings[0].contains("`retry.max_retries`"),
-        "{}",
-        warnings[0]
-    );
-    assert!(warnings[0].contains("from 0 to 10"), "{}", warnings[0]);
+    the_one_warning(&host, "bad", &["`retry.max_retries`", "from 0 to 10"]);
     assert_eq!(host.metric(REJECTED), Some(1));
     assert_eq!(host.metric("resetguard.retry.armed_full"), Some(5));
 
@@ -123,17 +125,10 @@ fn an_invalid_override_falls_back_to_the_plugin_config_and_is_reported_once() {
         json!({"idempotency": {"shards": 2}}),
     ));
     assert_eq!(x.status, Some(200));
-    let warnings = override_warnings(&host, "shards");
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(
-        warnings[0].contains("`idempotency.shards`"),
-        "{}",
-        warnings[0]
-    );
-    assert!(
-        warnings[0].contains("cannot vary per route"),
-        "{}",
-        warnings[0]
+    the_one_warning(
+        &host,
+        "shards",
+        &["`idempotency.shards`", "cannot vary per route"],
     );
 }
 
@@ -154,9 +149,7 @@ fn metadata_envoy_cannot_serialize_falls_back_and_is_reported_once_per_route() {
         ));
         assert_eq!((x.status, x.upstream_attempts()), (Some(200), 2));
     }
-    let warnings = override_warnings(&host, "nulls");
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains("null"), "{}", warnings[0]);
+    the_one_warning(&host, "nulls", &["null"]);
     assert_eq!(host.metric(REJECTED), Some(1));
 }
 
@@ -207,9 +200,7 @@ fn a_route_cannot_turn_idempotency_on_without_a_store() {
         json!({"idempotency": {"enabled": true}}),
     ));
     assert_eq!(x.status, Some(200), "the plugin config (no keys) applies");
-    let warnings = override_warnings(&host, "idem");
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains("`idempotency`"), "{}", warnings[0]);
+    the_one_warning(&host, "idem", &["`idempotency`"]);
 }
 
 #[test]
