@@ -311,9 +311,13 @@ impl KeyedStream {
             return;
         }
         match host::buffer(BufferType::ResponseBody, 0, body_size) {
-            Ok(Some(chunk)) => recording.response.body.extend_from_slice(&chunk),
-            Ok(None) => {}
-            Err(_) => recording.keep = false,
+            Ok(Some(chunk)) if chunk.len() == body_size => {
+                recording.response.body.extend_from_slice(&chunk)
+            }
+            Ok(None) if body_size == 0 => {}
+            // A chunk the host did not hand over whole (an error, NOT_FOUND, short): a replay
+            // would serve another body than the upstream sent.
+            _ => recording.keep = false,
         }
     }
 

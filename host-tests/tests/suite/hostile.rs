@@ -172,6 +172,8 @@ struct Case {
     plan_statuses: Vec<u16>,
     client_retry_headers: bool,
     key_header: bool,
+    /// The host faults of this case, for the failure message.
+    faults: String,
 }
 
 fn upstream_headers(rng: &mut Rng) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -398,6 +400,7 @@ fn generate(rng: &mut Rng, profile: &Profile) -> Case {
         plan_statuses,
         client_retry_headers,
         key_header,
+        faults: String::new(),
     }
 }
 
@@ -592,9 +595,10 @@ fn describe(profile: &Profile, case: &Case, x: &Exchange) -> String {
         .map(|(n, v)| format!("{}: {}", short(n), short(v)))
         .collect();
     format!(
-        "\nconfig {}\nsent {sent:?}\nplan {:?}\nstatus {:?} upstream {} attempts {} flags {:#x} \
+        "\nconfig {}\nsent {sent:?}\nfaults {}\nplan {:?}\nstatus {:?} upstream {} attempts {} flags {:#x} \
          details {} local {}/{}",
         profile.config,
+        case.faults,
         case.request.upstream,
         x.status,
         x.upstream.len(),
@@ -659,7 +663,8 @@ fn audit(run: &Run, profile: &Profile, host: &Host) {
 fn hostile_requests_and_host_faults_get_only_contract_answers() {
     let seed = env_u64("RESETGUARD_HOSTILE_SEED").unwrap_or(0x0bad_5eed_0f00_0001);
     let cases = env_u64("RESETGUARD_HOSTILE_CASES").unwrap_or(4_000) as usize;
-    let mut rng = Rng(seed | 1);
+    // xorshift needs a non-zero state; multiplying by an odd constant keeps seeds distinct.
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).max(1));
     let started = Instant::now();
     let mut run = Run { seed, case: 0 };
     let (mut faulted, mut races, mut replays, mut problems) = (0, 0, 0, 0);
@@ -716,6 +721,7 @@ fn hostile_requests_and_host_faults_get_only_contract_answers() {
                 plan_statuses: vec![200],
                 client_retry_headers: a.client_retry_headers,
                 key_header: a.key_header,
+                faults: String::new(),
             };
             let other = (worker + 1) % host.vms.len();
             let fa = host.vms[worker].begin(a.request.clone());
@@ -745,7 +751,7 @@ fn hostile_requests_and_host_faults_get_only_contract_answers() {
             continue;
         }
 
-        let case = match recent.len() {
+        let mut case = match recent.len() {
             0 => generate(&mut rng, profile),
             n if flag(&mut rng, 3) => {
                 let earlier = recent[rng.below(n as u64) as usize].clone();
@@ -775,6 +781,7 @@ fn hostile_requests_and_host_faults_get_only_contract_answers() {
         };
         let faults = before.any() || after.any() || cas_mismatches > 0;
         faulted += usize::from(faults);
+        case.faults = format!("{before:?} then {after:?}, {cas_mismatches} CAS mismatches");
         host.shared().faults = before;
         host.shared().shared.forced_cas_mismatches = cas_mismatches;
         let vm = &mut host.vms[worker];
@@ -837,4 +844,43 @@ fn a_failing_body_read_never_replays_another_payloads_response() {
         "the store is treated as unavailable"
     );
     assert!(is_problem(&second));
+}
+
+/// Found by the driver: a response body read that failed (NOT_FOUND) during recording stored the
+/// response with an empty body, and retries were replayed a 201 without its body.
+#[test]
+fn a_failing_response_body_read_is_never_replayed_as_an_empty_body() {
+    let mut h = Host::builder()
+        .config(r#"{"idempotency":{}}"#)
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let keyed = || {
+        Request::post("/orders", "payload")
+            .header("authorization", "Bearer a")
+            .header("idempotency-key", "k-2")
+            .upstream(vec![UpstreamAction::Respond {
+                status: 201,
+                headers: vec![],
+                body: b"created".to_vec(),
+                delay_ms: 0,
+            }])
+    };
+    let vm = &mut h.vms[0];
+    let flight = vm.begin(keyed()).unwrap_or_else(|e| panic!("{e}"));
+    vm.state().shared().faults.buffers = Some(host_tests::abi::status::NOT_FOUND);
+    let first = vm.finish(flight).unwrap_or_else(|e| panic!("{e}"));
+    h.shared().faults = Faults::default();
+    assert_eq!(
+        (first.status, first.body.as_slice()),
+        (Some(201), &b"created"[..])
+    );
+    let retry = h.exchange(keyed());
+    assert_eq!(retry.header("idempotent-replayed"), None, "{retry:?}");
+    assert_eq!(
+        retry.status,
+        Some(409),
+        "completed, not replayable: never run twice"
+    );
+    assert!(is_problem(&retry));
+    assert!(retry.upstream.is_empty());
 }
