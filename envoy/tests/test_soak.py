@@ -5,6 +5,13 @@ of mixed traffic from SOAK_THREADS loopback client threads through Envoy to the 
 the tests below assert on what it observed. The figures are printed and written to
 envoy/.run/soak.json.
 
+Longer runs: RESETGUARD_SOAK_SECONDS=300 (RESETGUARD_SOAK_RPS paces the clients to a total rate,
+RESETGUARD_SOAK_MAX_REQUESTS raises the request cap), e.g.
+`RESETGUARD_SOAK_SECONDS=300 RESETGUARD_SOAK_RPS=150 .venv/bin/python -m pytest -q -s
+envoy/tests/test_soak.py`. Every second the monitor samples Envoy's RSS and the idempotency store's
+live entries (claimed - released - expired - lock_expired: every entry that still holds a place);
+both must stay flat once the store reached its TTL steady state.
+
 Traffic (per base request): GET 40 %, PUT 20 %, POST without a key 10 % (expect 400), keyed POST
 30 % with a fresh key. Follow-ups on the same thread: a keyed POST that completed is re-sent with
 the same key and body (replay) with p=0.3, and with another body (422) with p=0.05; a keyed POST
@@ -47,7 +54,9 @@ from harness.upstream import ChaosUpstream, DeadPort
 from helpers import counters_delta
 
 SOAK_SECONDS = float(os.environ.get("RESETGUARD_SOAK_SECONDS", "50"))
-SOAK_MAX_REQUESTS = 60_000
+SOAK_MAX_REQUESTS = int(os.environ.get("RESETGUARD_SOAK_MAX_REQUESTS", "60000"))
+# 0: every client thread sends as fast as it can; otherwise the total request rate to aim at.
+SOAK_RPS = float(os.environ.get("RESETGUARD_SOAK_RPS", "0"))
 SOAK_THREADS = int(os.environ.get("RESETGUARD_SOAK_THREADS", "8"))
 SOAK_QUIET_EVERY_S = 2.5
 SOAK_QUIET_S = 0.3
@@ -156,8 +165,13 @@ def _worker(port, seed, t0, stop_at, budget, tally: Tally):
     rng = random.Random(seed)
     c = client.KeepAliveClient(port, timeout=10)
     auth = f"Bearer soak-{seed}"
+    interval = SOAK_THREADS / SOAK_RPS if SOAK_RPS > 0 else 0.0
+    next_at = time.monotonic()
     try:
         while time.monotonic() < stop_at:
+            if interval:
+                next_at += interval
+                time.sleep(max(0.0, next_at - time.monotonic()))
             with budget["lock"]:
                 if budget["left"] <= 0:
                     return
@@ -280,6 +294,13 @@ def _keyed_flow(c, rng, path, headers, body, key, r, tally: Tally):
             tally.problem(f"reused key with another body: {rm.status} {rm.error} {path}")
 
 
+def _store_live(counters: dict) -> int:
+    """Entries holding a place in the idempotency store: every claim adds one, and it leaves by
+    release, TTL expiry or lock expiry (a stored entry stays until its TTL)."""
+    c = lambda n: counters.get(f"resetguard.idempotency.{n}", 0)  # noqa: E731
+    return c("claimed") - c("released") - c("expired") - c("lock_expired")
+
+
 def _monitor(e: Envoy, stop: threading.Event, out: dict, t0: float):
     while not stop.is_set():
         try:
@@ -291,7 +312,9 @@ def _monitor(e: Envoy, stop: threading.Event, out: dict, t0: float):
         if not ok or not e.alive():
             out["not_ready"].append((round(time.monotonic() - t0, 1), str(body)[:80]))
         try:
-            out["rss_trace"].append((round(time.monotonic() - t0, 1), e.rss_kib()))
+            at = round(time.monotonic() - t0, 1)
+            out["rss_trace"].append((at, e.rss_kib()))
+            out["store_trace"].append((at, _store_live(e.filter_counters())))
         except OSError:
             pass
         stop.wait(1.0)
@@ -311,7 +334,7 @@ def soak():
     e = Envoy(plugin_config=PLUGIN_CONFIG, upstream_port=up.port, dead_port=dead.port,
               concurrency=2, run_dir=run_dir, name="soak")
     tally = Tally()
-    mon = {"ready_checks": 0, "not_ready": [], "rss_trace": []}
+    mon = {"ready_checks": 0, "not_ready": [], "rss_trace": [], "store_trace": []}
     stop = threading.Event()
     try:
         e.start()
@@ -326,6 +349,7 @@ def soak():
         before = e.filter_counters()
         cluster_before = e.stats(r"cluster\.upstream\.")
         rss = {"start_kib": e.rss_kib()}
+        heap = {"start": e.memory()}
         t0 = time.monotonic()
         stop_at = t0 + SOAK_SECONDS
         budget = {"lock": threading.Lock(), "left": SOAK_MAX_REQUESTS, "next": 0}
@@ -337,6 +361,7 @@ def soak():
             w.start()
         time.sleep(SOAK_SECONDS / 2)
         rss["mid_kib"] = e.rss_kib()
+        heap["mid"] = e.memory()
         for w in workers:
             w.join(timeout=SOAK_SECONDS + 60)
         hung = sum(w.is_alive() for w in workers)
@@ -353,6 +378,7 @@ def soak():
         stop.set()
         monitor.join(timeout=5)
         rss["end_kib"] = e.rss_kib()
+        heap["end"] = e.memory()
         cluster = counters_delta(cluster_before, e.stats(r"cluster\.upstream\."))
         d = counters_delta(before, after)
         log = e.log_text()[mark:]
@@ -385,6 +411,9 @@ def soak():
                                                 "rq_timeout", "cx_destroy", "rq_rx_reset",
                                                 "rq_tx_reset", "cx_protocol_error"))},
             "rss_kib": rss, "rss_trace": mon["rss_trace"][::5],
+            "envoy_memory": {k: {f: int(v.get(f, 0)) for f in ("allocated", "heap_size")}
+                             for k, v in heap.items()},
+            "store_trace": mon["store_trace"][::5], "store_live": _store_summary(mon["store_trace"]),
             "ready_checks": mon["ready_checks"], "not_ready": mon["not_ready"],
             "wasm_stats_before": wasm_before, "wasm_stats_after": _wasm_stats(e),
             "alive": e.alive(),
@@ -403,6 +432,18 @@ def soak():
         e.stop()
         up.stop()
         dead.close()
+
+
+def _store_summary(trace) -> dict:
+    """The store's live entries: peak, and the mean over the middle and the last third of the run
+    (after the first TTL the store is at steady state: both should match)."""
+    values = [v for _, v in trace]
+    if not values:
+        return {"max": 0, "mid_third_mean": 0, "last_third_mean": 0, "end": 0}
+    third = max(len(values) // 3, 1)
+    mean = lambda xs: round(sum(xs) / max(len(xs), 1))  # noqa: E731
+    return {"max": max(values), "mid_third_mean": mean(values[third:2 * third]),
+            "last_third_mean": mean(values[2 * third:]), "end": values[-1]}
 
 
 def _print_summary(data):
@@ -434,6 +475,12 @@ def _print_summary(data):
     print(f"[soak] RSS MiB start/mid/end: {rs['start_kib'] / 1024:.1f}/{rs['mid_kib'] / 1024:.1f}/"
           f"{rs['end_kib'] / 1024:.1f}; ready checks {data['ready_checks']}, not ready "
           f"{len(data['not_ready'])}; wasm stats {data['wasm_stats_after']}")
+    mem = data["envoy_memory"]
+    print("[soak] Envoy heap allocated MiB start/mid/end: "
+          + "/".join(f"{mem[k]['allocated'] / 2**20:.1f}" for k in ("start", "mid", "end")))
+    print(f"[soak] store live entries: {data['store_live']} (max_entries "
+          f"{PLUGIN_CONFIG['idempotency']['max_entries']}); trace (s, entries) {data['store_trace']}")
+    print(f"[soak] RSS trace (s, KiB): {data['rss_trace']}")
 
 
 def _fc(data, name):
@@ -517,6 +564,12 @@ def test_soak_idempotency_contract(soak):
     assert _fc(soak, "idempotency.claimed") == \
         _fc(soak, "idempotency.stored") + _fc(soak, "idempotency.released")
     assert _fc(soak, "idempotency.lost") == 0 and _fc(soak, "idempotency.lock_expired") == 0
+    # The store's size: never beyond max_entries, and (once a run outlasts two TTLs) flat at its
+    # steady state: expiry frees as many entries as new keys claim.
+    live = soak["store_live"]
+    assert 0 <= live["end"] <= live["max"] <= PLUGIN_CONFIG["idempotency"]["max_entries"], live
+    if SOAK_SECONDS >= 3 * PLUGIN_CONFIG["idempotency"]["ttl_seconds"]:
+        assert live["last_third_mean"] <= 1.25 * live["mid_third_mean"] + 50, live
     if SOAK_SECONDS > PLUGIN_CONFIG["idempotency"]["ttl_seconds"] + 5:
         assert _fc(soak, "idempotency.expired") > 0  # TTL reclaim ran during the soak
     # Retry classes: GET/PUT idempotent, every POST (keyed or not) non-idempotent.
