@@ -166,8 +166,10 @@ fn model_key(raw: &[u8]) -> Vec<u8> {
 struct Case {
     request: Request,
     method: String,
-    /// (scope values in order, authority, method, path, key): the store's identity, in clear.
-    identity: Option<Vec<Vec<u8>>>,
+    /// The values of each scope header, in request order.
+    scope_values: Vec<Vec<Vec<u8>>>,
+    /// (authority, method, path, key) when the request is keyed.
+    resource: Option<Vec<Vec<u8>>>,
     payload: Vec<u8>,
     plan_statuses: Vec<u16>,
     client_retry_headers: bool,
@@ -383,19 +385,14 @@ fn generate(rng: &mut Rng, profile: &Profile) -> Case {
         2 => request.abort_mid_response(rng.below(4) as usize),
         _ => request,
     };
-    let identity = key.filter(|_| keyed).map(|key| {
-        let mut id = Vec::new();
-        for values in scope_values {
-            id.push(values.len().to_le_bytes().to_vec());
-            id.extend(values);
-        }
-        id.extend([authority, method.as_bytes().to_vec(), path, key]);
-        id
-    });
+    let resource = key
+        .filter(|_| keyed)
+        .map(|key| vec![authority, method.as_bytes().to_vec(), path, key]);
     Case {
         request,
         method,
-        identity,
+        scope_values,
+        resource,
         payload,
         plan_statuses,
         client_retry_headers,
@@ -404,9 +401,23 @@ fn generate(rng: &mut Rng, profile: &Profile) -> Case {
     }
 }
 
+impl Case {
+    /// The store's identity in clear: each scope header's values (counted), then the resource.
+    fn identity(&self) -> Option<Vec<Vec<u8>>> {
+        let resource = self.resource.as_ref()?;
+        let mut id = Vec::new();
+        for values in &self.scope_values {
+            id.push(values.len().to_le_bytes().to_vec());
+            id.extend(values.iter().cloned());
+        }
+        id.extend(resource.iter().cloned());
+        Some(id)
+    }
+}
+
 /// An earlier keyed request again (what a client retrying after a reset does): as it was, with
 /// another payload (a 422), or with another client's credentials (never a replay of the first).
-fn resend(rng: &mut Rng, mut case: Case) -> Case {
+fn resend(rng: &mut Rng, profile: &Profile, mut case: Case) -> Case {
     case.request.abort_after_ms = None;
     case.request.abort_after_body_chunks = None;
     case.request.abort_after_response_chunks = None;
@@ -424,12 +435,8 @@ fn resend(rng: &mut Rng, mut case: Case) -> Case {
             case.request
                 .headers
                 .push(header("authorization", b"Bearer tok-mallory"));
-            if let Some(id) = case
-                .identity
-                .as_mut()
-                .filter(|id| id.last() != Some(&b"mallory".to_vec()))
-            {
-                id.push(b"mallory".to_vec());
+            if let Some(i) = profile.scope.iter().position(|s| *s == "authorization") {
+                case.scope_values[i] = vec![b"Bearer tok-mallory".to_vec()];
             }
         }
         _ => {}
@@ -489,8 +496,7 @@ fn check(run: &Run, profile: &Profile, case: &Case, x: &Exchange, faults: bool, 
         }
         Some(status) if replay => {
             run.ensure(profile.enforce, || "a replay in report mode".into());
-            let identity = case.identity.as_ref();
-            let earlier = identity.and_then(|id| seen.get(id));
+            let earlier = case.identity().and_then(|id| seen.get(&id));
             run.ensure(
                 earlier.is_some_and(|list| {
                     list.iter().any(|(p, s, b)| {
@@ -617,7 +623,7 @@ fn describe(profile: &Profile, case: &Case, x: &Exchange) -> String {
 }
 
 fn record(case: &Case, x: &Exchange, seen: &mut Upstreamed) {
-    let (Some(id), Some(status)) = (&case.identity, x.status) else {
+    let (Some(id), Some(status)) = (case.identity(), x.status) else {
         return;
     };
     if x.filter_local_reply || x.router_local_reply {
@@ -722,7 +728,8 @@ fn hostile_requests_and_host_faults_get_only_contract_answers() {
                     .body(&b_payload)
                     .upstream(vec![UpstreamAction::ok("second")]),
                 method: a.method.clone(),
-                identity: a.identity.clone(),
+                scope_values: a.scope_values.clone(),
+                resource: a.resource.clone(),
                 payload: b_payload,
                 plan_statuses: vec![200],
                 client_retry_headers: a.client_retry_headers,
@@ -744,7 +751,7 @@ fn hostile_requests_and_host_faults_get_only_contract_answers() {
             };
             check(&run, profile, &b, &xb, false, &seen);
             check(&run, profile, &a, &xa, false, &seen);
-            if profile.enforce && !profile.pass_through && a.identity.is_some() {
+            if profile.enforce && !profile.pass_through && a.resource.is_some() {
                 run.ensure(executions(&a, &xa) == 0 || executions(&b, &xb) == 0, || {
                     format!(
                         "two racing {} requests on one key both executed ({:?} / {:?})",
@@ -761,11 +768,11 @@ fn hostile_requests_and_host_faults_get_only_contract_answers() {
             0 => generate(&mut rng, profile),
             n if flag(&mut rng, 3) => {
                 let earlier = recent[rng.below(n as u64) as usize].clone();
-                resend(&mut rng, earlier)
+                resend(&mut rng, profile, earlier)
             }
             _ => generate(&mut rng, profile),
         };
-        if case.identity.is_some() && recent.len() < 16 {
+        if case.resource.is_some() && recent.len() < 16 {
             recent.push(case.clone());
         }
         // Host faults: none most of the time; else a random set, possibly changing between the
