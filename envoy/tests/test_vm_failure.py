@@ -14,6 +14,7 @@ import time
 import pytest
 
 from harness import client
+from harness.envoy import EnvoyError
 
 # --- a trapping proxy-wasm module ----------------------------------------------------------------
 
@@ -48,9 +49,10 @@ def _functype(params, results) -> bytes:
     return b"\x60" + _vec(bytes([p]) for p in params) + _vec(bytes([r]) for r in results)
 
 
-def trapping_module() -> bytes:
+def trapping_module(configure: bool = True) -> bytes:
     """Exports the ABI 0.2.1 marker, an allocator, and callbacks that accept the VM, its
-    configuration and every context, then trap on the first request's headers."""
+    configuration (or refuse it: `configure=False`) and every context, then trap on the first
+    request's headers."""
     types = [_functype([], []), _functype([I32], [I32]), _functype([I32, I32], []),
              _functype([I32, I32], [I32]), _functype([I32, I32, I32], [I32])]
     funcs = [  # (export name, type index, body instructions)
@@ -58,7 +60,7 @@ def trapping_module() -> bytes:
         ("proxy_on_memory_allocate", 1, bytes([I32_CONST]) + _leb(1024) + bytes([END])),
         ("proxy_on_context_create", 2, bytes([END])),
         ("proxy_on_vm_start", 3, bytes([I32_CONST, 1, END])),
-        ("proxy_on_configure", 3, bytes([I32_CONST, 1, END])),
+        ("proxy_on_configure", 3, bytes([I32_CONST, int(configure), END])),
         ("proxy_on_request_headers", 4, bytes([UNREACHABLE, END])),
     ]
     exports = [_name("memory") + b"\x02\x00"] + [
@@ -130,12 +132,12 @@ static_resources:
 
 @pytest.fixture
 def trap_envoy(envoy_factory, upstream, run_dir):
-    wasm = run_dir / "trap.wasm"
-    wasm.write_bytes(trapping_module())
     template = run_dir / "trap.yaml"
     template.write_text(CONFIG)
 
-    def start(policy: str):
+    def start(policy: str, configure: bool = True):
+        wasm = run_dir / f"trap-{int(configure)}.wasm"
+        wasm.write_bytes(trapping_module(configure))
         return envoy_factory(template=str(template), upstream_port=upstream.port,
                              template_values={"WASM_PATH": wasm, "FAILURE_POLICY": policy})
     return start
@@ -186,3 +188,11 @@ def test_fail_reload_a_trapped_vm_fails_closed_until_reloaded(trap_envoy, upstre
     assert upstream.total_attempts == 0
     assert reloads.get("wasm.trap.vm_reload_backoff", 0) \
         + reloads.get("wasm.trap.vm_reload_success", 0) >= 1, reloads
+
+
+def test_a_refused_configuration_stops_envoy_even_with_fail_open(trap_envoy):
+    """A plugin whose on_configure fails at start-up keeps Envoy from starting under every
+    failure_policy, FAIL_OPEN included: a configuration resetguard rejects is never skipped."""
+    for policy in ("FAIL_OPEN", "FAIL_CLOSED"):
+        with pytest.raises(EnvoyError, match="exited"):
+            trap_envoy(policy, configure=False)
