@@ -4,8 +4,9 @@
   for /no-resetguard/ (the README's opt-out).
 * Route metadata `metadata.filter_metadata.resetguard` overrides the plugin configuration per
   route: the shipped config has `retry.max_retries: 0` on /per-route/no-retries/ and
-  `disabled: true` on /per-route/off/; a test config adds an invalid override, which falls back to
-  the plugin configuration and is reported once (one warning, one counter), not per request.
+  `disabled: true` on /per-route/off/; a test config adds an invalid override and one with a null
+  (which Envoy cannot hand over), which fall back to the plugin configuration and are reported
+  once each (one warning, one counter), not per request.
 """
 
 from harness import client, paths
@@ -70,14 +71,16 @@ def test_an_invalid_override_falls_back_and_is_reported_once(envoy_factory, upst
     text = (paths.CONFIG_DIR / "resetguard.yaml").read_text()
     anchor = "              - name: per-route-off\n"
     assert anchor in text
-    text = text.replace(anchor, (
-        "              - name: per-route-invalid\n"
-        "                match: { prefix: \"/per-route/invalid/\" }\n"
-        "                route: { cluster: upstream, timeout: 15s }\n"
-        "                metadata:\n"
-        "                  filter_metadata:\n"
-        "                    resetguard:\n"
-        "                      retry: { max_retries: 11 }\n") + anchor)
+    route = ("              - name: per-route-{name}\n"
+             "                match: {{ prefix: \"/per-route/{name}/\" }}\n"
+             "                route: {{ cluster: upstream, timeout: 15s }}\n"
+             "                metadata:\n"
+             "                  filter_metadata:\n"
+             "                    resetguard:\n"
+             "                      retry: {{ max_retries: {value} }}\n")
+    # 11 is out of range; a null makes Envoy refuse to hand the metadata to the filter at all.
+    text = text.replace(anchor, route.format(name="invalid", value=11)
+                        + route.format(name="null", value="null") + anchor)
     template = run_dir / "invalid-override.yaml"
     template.write_text(text)
     e = envoy_factory(template=str(template), plugin_config={"retry": {"max_retries": 1}},
@@ -89,13 +92,21 @@ def test_an_invalid_override_falls_back_and_is_reported_once(envoy_factory, upst
         r = get(e, "/per-route/invalid/items", tag)
         # The plugin's max_retries 1: one retry, then the second reset reaches the client.
         assert (r.status, upstream.attempts(tag)) == (503, 2), (i, r)
-    assert e.wait_for(lambda: e.filter_counters().get(REJECTED) == 1)
-    warnings = [line for line in e.wasm_log_lines(mark, "warning") if "per-route-invalid" in line]
-    assert len(warnings) == 1, warnings
-    assert "`retry.max_retries`" in warnings[0] and "from 0 to 10" in warnings[0], warnings[0]
-    assert "plugin configuration" in warnings[0], warnings[0]
+    for i in range(3):
+        tag = f"null-{i}"
+        upstream.plan(tag, [RESET, RESET, OK])
+        r = get(e, "/per-route/null/items", tag)
+        assert (r.status, upstream.attempts(tag)) == (503, 2), (i, r)
+    assert e.wait_for(lambda: e.filter_counters().get(REJECTED) == 2)
+    warnings = e.wasm_log_lines(mark, "warning")
+    invalid = [line for line in warnings if "per-route-invalid" in line]
+    assert len(invalid) == 1, warnings
+    assert "`retry.max_retries`" in invalid[0] and "from 0 to 10" in invalid[0], invalid[0]
+    assert "plugin configuration" in invalid[0], invalid[0]
+    null = [line for line in warnings if "per-route-null" in line]
+    assert len(null) == 1 and "null" in null[0], warnings
     # The valid overrides of the same config still apply.
     upstream.plan("still-no-retries", [RESET, OK])
     r = get(e, "/per-route/no-retries/items", "still-no-retries")
     assert (r.status, upstream.attempts("still-no-retries")) == (503, 1), r
-    assert e.filter_counters().get(REJECTED) == 1
+    assert e.filter_counters().get(REJECTED) == 2

@@ -9,7 +9,6 @@
 
 use crate::config::route_metadata;
 use crate::config::route_override::RouteOverride;
-use crate::config::ConfigError;
 use crate::host::{self, HostError};
 use crate::metrics::Counter;
 use crate::root::{Plugin, Shared};
@@ -88,33 +87,61 @@ impl Plugin {
             // No override (NOT_FOUND), or a host without route metadata.
             Ok(None) | Err(_) => return Some(self.base.clone()),
         };
-        if let Some(resolved) = self.routes.borrow().resolved.get(&raw) {
+        let cached = self
+            .routes
+            .try_borrow()
+            .ok()
+            .and_then(|r| r.resolved.get(&raw));
+        if let Some(resolved) = cached {
             return resolved;
         }
-        let resolved = match self.resolve(&raw) {
-            Ok(resolved) => resolved,
-            Err(e) => {
-                self.base.metrics.inc(Counter::RouteOverrideRejected);
-                log::warn!(
-                    "resetguard: route {}: ignoring its override (metadata.filter_metadata.\
-                     resetguard) at `{}`: expected {}; the route uses the plugin configuration",
-                    route_name(),
-                    e.path,
-                    e.expected
-                );
-                Some(self.base.clone())
-            }
-        };
+        let resolved = self.resolve(&raw);
         if let Ok(mut routes) = self.routes.try_borrow_mut() {
             routes.resolved.insert(raw, resolved.clone());
         }
         resolved
     }
 
-    fn resolve(&self, raw: &[u8]) -> Result<Option<Rc<Shared>>, ConfigError> {
-        let value = route_metadata::decode(raw)?;
-        let config = RouteOverride::from_value(&value)?.apply(&self.json)?;
-        Ok(config.map(|config| Rc::new(self.base.for_route(config))))
+    /// Decodes, merges and validates a route's override, and says once what became of it.
+    fn resolve(&self, raw: &[u8]) -> Option<Rc<Shared>> {
+        let config = route_metadata::decode(raw)
+            .and_then(|value| RouteOverride::from_value(&value))
+            .and_then(|route| route.apply(&self.json));
+        let name = route_name();
+        match config {
+            Ok(None) => {
+                log::info!("resetguard: route {name}: disabled by its override");
+                None
+            }
+            Ok(Some(config)) => {
+                for warning in config.warnings() {
+                    log::warn!("resetguard: route {name}: {warning}");
+                }
+                log::info!(
+                    "resetguard: route {name}: override applied: max_retries={} on={:?} \
+                     idempotency={}",
+                    config.retry.max_retries,
+                    config
+                        .retry
+                        .on
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>(),
+                    config.idempotency.enabled,
+                );
+                Some(Rc::new(self.base.for_route(config)))
+            }
+            Err(e) => {
+                self.base.metrics.inc(Counter::RouteOverrideRejected);
+                log::warn!(
+                    "resetguard: route {name}: ignoring its override (metadata.filter_metadata.\
+                     resetguard) at `{}`: expected {}; the route uses the plugin configuration",
+                    e.path,
+                    e.expected
+                );
+                Some(self.base.clone())
+            }
+        }
     }
 
     fn report_unreadable(&self) {
