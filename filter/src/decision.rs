@@ -1,10 +1,13 @@
 //! What the filter does with a request, decided from its head alone (no host calls, no store).
 //!
 //! ```text
-//! decide<'p, 'h>(policy: PolicyRef<'p>, headers: &'h [(Vec<u8>, Vec<u8>)], end_of_stream: bool)
-//!     -> Decision<'p, 'h>
+//! decide<'p, 'h, H: HeaderPair<'h>>(policy: PolicyRef<'p>, headers: impl IntoIterator<Item = H>,
+//!     end_of_stream: bool) -> Decision<'p, 'h>
+//!   (H: `&'h (Vec<u8>, Vec<u8>)`, so `&[(Vec<u8>, Vec<u8>)]` works, or `(&'h [u8], &'h [u8])`,
+//!   as the filter iterates the host's header buffer without copying it)
 //! Policy::new(config: Config) -> Policy
 //! Policy::as_ref(&self) -> PolicyRef<'_>
+//! Decision::stripped(&self) -> &[&[u8]]
 //! Decision::local_reply(&self) -> Option<u32>
 //! Decision::binding(&self, policy: PolicyRef<'_>) -> Option<KeyBinding>
 //! ```
@@ -136,21 +139,38 @@ pub struct KeyBinding {
     pub path: Vec<u8>,
 }
 
+/// One (name, value) header, borrowed for the decision's lifetime.
+pub trait HeaderPair<'h> {
+    fn parts(self) -> (&'h [u8], &'h [u8]);
+}
+
+impl<'h> HeaderPair<'h> for &'h (Vec<u8>, Vec<u8>) {
+    fn parts(self) -> (&'h [u8], &'h [u8]) {
+        (&self.0, &self.1)
+    }
+}
+
+impl<'h> HeaderPair<'h> for (&'h [u8], &'h [u8]) {
+    fn parts(self) -> (&'h [u8], &'h [u8]) {
+        self
+    }
+}
+
 /// Decides what the filter does with a request head (see the module docs).
-pub fn decide<'p, 'h>(
+pub fn decide<'p, 'h, H: HeaderPair<'h>>(
     policy: PolicyRef<'p>,
-    headers: &'h [(Vec<u8>, Vec<u8>)],
+    headers: impl IntoIterator<Item = H>,
     end_of_stream: bool,
 ) -> Decision<'p, 'h> {
     let idempotency = policy.idempotency;
     let mut head = RequestHead::default();
     let mut client_retry_headers = Vec::new();
-    for (name, value) in headers {
-        match name.as_slice() {
+    for (name, value) in headers.into_iter().map(HeaderPair::parts) {
+        match name {
             b":method" => head.method = value,
             b":path" => head.path = value,
             b":authority" => head.authority = value,
-            _ if is_client_retry_control(name) => client_retry_headers.push(name.as_slice()),
+            _ if is_client_retry_control(name) => client_retry_headers.push(name),
             _ => {
                 if let Some(idem) = idempotency {
                     idem.scope.observe(&mut head, name, value);

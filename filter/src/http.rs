@@ -39,8 +39,9 @@ impl HttpFilter {
 
     /// One read of the request headers; `decision::decide` says what to do, this carries it out.
     fn on_request_headers(&mut self, shared: &Shared, end_of_stream: bool) -> Action {
-        let pairs = match host::header_pairs(MapType::RequestHeaders) {
-            Ok(pairs) => pairs,
+        // Borrowed from the host's buffer: no copy per header.
+        let headers = match host::header_map(MapType::RequestHeaders) {
+            Ok(headers) => headers,
             Err(e) => {
                 // Fail open: the request goes on unarmed rather than failing.
                 shared.metrics.inc(Counter::HostErrors);
@@ -48,7 +49,7 @@ impl HttpFilter {
                 return Action::Continue;
             }
         };
-        let decision = decision::decide(shared.policy(), &pairs, end_of_stream);
+        let decision = decision::decide(shared.policy(), headers.iter(), end_of_stream);
         for name in decision.stripped() {
             if let Err(e) = host::remove_header(MapType::RequestHeaders, name) {
                 shared.metrics.inc(Counter::HostErrors);
