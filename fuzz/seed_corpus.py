@@ -110,8 +110,21 @@ def classify():
     ]
 
 
+def store_ops():
+    # Per op: clock step, op (0/1 claim: identity, fingerprint; 2 complete: ticket, status,
+    # header byte, body, keep; 3 release; 4 garbage over a shard; 5 peek).
+    return [
+        bytes([0, 0, 1, 0, 0, 0, 1, 0]),
+        bytes([0, 0, 1, 0, 0, 2, 0, 1, 1, 3, 1, 2, 3, 0, 0, 1, 0]),
+        bytes([0, 0, 2, 1, 0, 3, 0, 0, 0, 2, 1]),
+        bytes([0, 4, 0, 10]) + b"RGI1\x01\x00" + bytes([0, 0, 1, 0]),
+        bytes([200, 0, 3, 0, 200, 5, 3, 250, 0, 3, 1]),
+    ]
+
+
 write("config", configs())
 write("idempotency_key", keys())
 write("problem_json", problems())
 write("stored_entries", stored())
 write("classify", classify())
+write("store_ops", store_ops())
