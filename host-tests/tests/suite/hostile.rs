@@ -833,14 +833,9 @@ fn hostile_requests_and_host_faults_get_only_contract_answers() {
 /// an empty body, so a request with another payload was served the empty payload's response.
 #[test]
 fn a_failing_body_read_never_replays_another_payloads_response() {
-    let mut h = Host::builder()
-        .config(r#"{"idempotency":{}}"#)
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut h = Host::envoy(r#"{"idempotency":{}}"#);
     let keyed = |body: &[u8]| {
-        Request::post("/orders", "")
-            .header("authorization", "Bearer a")
-            .header("idempotency-key", "k-1")
+        keyed_post("k-1", "")
             .body(body)
             .upstream(vec![UpstreamAction::ok("for-the-empty-body")])
     };
@@ -863,21 +858,8 @@ fn a_failing_body_read_never_replays_another_payloads_response() {
 /// response with an empty body, and retries were replayed a 201 without its body.
 #[test]
 fn a_failing_response_body_read_is_never_replayed_as_an_empty_body() {
-    let mut h = Host::builder()
-        .config(r#"{"idempotency":{}}"#)
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let keyed = || {
-        Request::post("/orders", "payload")
-            .header("authorization", "Bearer a")
-            .header("idempotency-key", "k-2")
-            .upstream(vec![UpstreamAction::Respond {
-                status: 201,
-                headers: vec![],
-                body: b"created".to_vec(),
-                delay_ms: 0,
-            }])
-    };
+    let mut h = Host::envoy(r#"{"idempotency":{}}"#);
+    let keyed = || keyed_post("k-2", "payload").upstream(vec![respond(201, b"created")]);
     let vm = &mut h.vms[0];
     let flight = vm.begin(keyed()).unwrap_or_else(|e| panic!("{e}"));
     vm.state().shared().faults.buffers = Some(host_tests::abi::status::NOT_FOUND);
@@ -912,6 +894,16 @@ fn shard_sizes(h: &Host, shards: usize) -> Vec<usize> {
                 .unwrap_or(0)
         })
         .collect()
+}
+
+/// The upstream answers at once with this status and body, no headers.
+fn respond(status: u16, body: &[u8]) -> UpstreamAction {
+    UpstreamAction::Respond {
+        status,
+        headers: vec![],
+        body: body.to_vec(),
+        delay_ms: 0,
+    }
 }
 
 fn keyed_post(key: &str, body: &str) -> Request {
@@ -978,18 +970,10 @@ fn a_shard_flood_built_for_one_seed_spreads_under_another() {
 /// run twice) and in number (the store's shared-data keys never exceed 1 + S + S x C).
 #[test]
 fn stored_responses_are_bounded_in_size_and_number() {
-    let mut h = Host::builder()
-        .config(r#"{"idempotency":{"max_response_body_bytes":64,"max_entries":8,"shards":2}}"#)
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let with_body = |key: &str, len: usize| {
-        keyed_post(key, "x").upstream(vec![UpstreamAction::Respond {
-            status: 201,
-            headers: vec![],
-            body: vec![b'r'; len],
-            delay_ms: 0,
-        }])
-    };
+    let mut h =
+        Host::envoy(r#"{"idempotency":{"max_response_body_bytes":64,"max_entries":8,"shards":2}}"#);
+    let with_body =
+        |key: &str, len: usize| keyed_post(key, "x").upstream(vec![respond(201, &vec![b'r'; len])]);
     assert_eq!(h.exchange(with_body("big", 65)).status, Some(201));
     let retry = h.exchange(with_body("big", 65));
     assert_eq!(retry.status, Some(409));
