@@ -13,9 +13,14 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 
 const ENFORCE: &str = r#"{"idempotency": {"mode": "enforce"}}"#;
+/// A store whose shards are nearly full (about 150 entries each after the warm-up): the keyed cost
+/// grows with a shard's index, which every claim reads, decodes, re-encodes and writes back.
+const ENFORCE_SMALL_SHARDS: &str =
+    r#"{"idempotency": {"mode": "enforce", "max_entries": 640, "shards": 4}}"#;
 const FUEL_CEILING: f64 = 1.5;
 /// Requests of the same kind run before the measured one: steady state, not first-use setup.
 const WARM_UP: usize = 2;
+const FULL_SHARDS_WARM_UP: usize = 600;
 
 fn baseline_path() -> PathBuf {
     host_tests::wasm::workspace_root().join("bench/fuel-baseline.json")
@@ -52,6 +57,7 @@ fn slow_upstream() -> Vec<UpstreamAction> {
 struct Path {
     name: &'static str,
     config: &'static str,
+    warm_up: usize,
     request: fn(usize) -> Request,
     check: fn(&Exchange),
 }
@@ -62,28 +68,32 @@ fn answered_by_upstream(x: &Exchange) {
     assert!(!x.filter_local_reply);
 }
 
-const PATHS: [Path; 5] = [
+const PATHS: [Path; 6] = [
     Path {
         name: "get_pass_through",
         config: "",
+        warm_up: WARM_UP,
         request: |_| get("/items/1"),
         check: answered_by_upstream,
     },
     Path {
         name: "post_unkeyed",
         config: "",
+        warm_up: WARM_UP,
         request: |_| post(None),
         check: answered_by_upstream,
     },
     Path {
         name: "post_keyed_first",
         config: ENFORCE,
+        warm_up: WARM_UP,
         request: |n| post(Some(&format!("cost-key-{n}"))),
         check: answered_by_upstream,
     },
     Path {
         name: "post_keyed_replay",
         config: ENFORCE,
+        warm_up: WARM_UP,
         request: |_| post(Some("cost-key-replayed")),
         check: |x| {
             assert_eq!(x.status, Some(200), "{x:?}");
@@ -92,8 +102,16 @@ const PATHS: [Path; 5] = [
         },
     },
     Path {
+        name: "post_keyed_first_full_shards",
+        config: ENFORCE_SMALL_SHARDS,
+        warm_up: FULL_SHARDS_WARM_UP,
+        request: |n| post(Some(&format!("cost-key-{n}"))),
+        check: answered_by_upstream,
+    },
+    Path {
         name: "client_abort",
         config: "",
+        warm_up: WARM_UP,
         request: |_| get("/slow").upstream(slow_upstream()).abort_after(50),
         check: |x| assert!(x.client_aborted, "{x:?}"),
     },
@@ -108,13 +126,13 @@ fn host_on(module: &wasmtime::Module, config: &str) -> Host {
     host
 }
 
-/// Runs WARM_UP requests of the path's kind, then measures the next one.
+/// Runs the path's warm-up requests, then measures the next one of its kind.
 fn measure(module: &wasmtime::Module, path: &Path) -> Cost {
     let mut host = host_on(module, path.config);
-    for n in 0..WARM_UP {
+    for n in 0..path.warm_up {
         host.exchange((path.request)(n));
     }
-    let (x, cost) = fuel::measure(host.vm(0), (path.request)(WARM_UP))
+    let (x, cost) = fuel::measure(host.vm(0), (path.request)(path.warm_up))
         .unwrap_or_else(|e| panic!("{}: {e}", path.name));
     (path.check)(&x);
     cost
