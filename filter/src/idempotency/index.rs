@@ -127,29 +127,18 @@ impl ShardIndex {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + self.entries.len() * ENTRY_LEN);
-        out.extend_from_slice(MAGIC);
         let count = u16::try_from(self.entries.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&count.to_le_bytes());
-        for e in self.entries.iter().take(usize::from(count)) {
-            out.extend_from_slice(&e.identity);
-            out.extend_from_slice(&e.fingerprint);
-            out.extend_from_slice(&e.owner.to_le_bytes());
-            out.extend_from_slice(&e.slot.to_le_bytes());
-            out.extend_from_slice(&e.status.to_le_bytes());
-            let (kind, time) = match e.state {
-                EntryState::InFlight { lock_deadline_ms } => (1u8, lock_deadline_ms),
-                EntryState::Completed {
-                    expiry_ms,
-                    replayable: true,
-                } => (2, expiry_ms),
-                EntryState::Completed {
-                    expiry_ms,
-                    replayable: false,
-                } => (3, expiry_ms),
-            };
-            out.push(kind);
-            out.extend_from_slice(&time.to_le_bytes());
+        let mut out = vec![0u8; HEADER_LEN + usize::from(count) * ENTRY_LEN];
+        if let Some((magic, rest)) = out.split_first_chunk_mut::<4>() {
+            *magic = *MAGIC;
+            if let Some((count_bytes, body)) = rest.split_first_chunk_mut::<2>() {
+                *count_bytes = count.to_le_bytes();
+                // Fixed-size fields written in place: no capacity check or call per field (a
+                // shard holds hundreds of entries, encoded on every claim and completion).
+                for (e, raw) in self.entries.iter().zip(body.chunks_exact_mut(ENTRY_LEN)) {
+                    encode_entry(e, raw);
+                }
+            }
         }
         out
     }
@@ -335,6 +324,47 @@ impl ShardIndex {
     }
 }
 
+fn encode_entry(e: &Entry, raw: &mut [u8]) {
+    let (kind, time) = match e.state {
+        EntryState::InFlight { lock_deadline_ms } => (1u8, lock_deadline_ms),
+        EntryState::Completed {
+            expiry_ms,
+            replayable: true,
+        } => (2, expiry_ms),
+        EntryState::Completed {
+            expiry_ms,
+            replayable: false,
+        } => (3, expiry_ms),
+    };
+    let Some((identity, rest)) = raw.split_first_chunk_mut::<16>() else {
+        return;
+    };
+    *identity = e.identity;
+    let Some((fingerprint, rest)) = rest.split_first_chunk_mut::<16>() else {
+        return;
+    };
+    *fingerprint = e.fingerprint;
+    let Some((owner, rest)) = rest.split_first_chunk_mut::<8>() else {
+        return;
+    };
+    *owner = e.owner.to_le_bytes();
+    let Some((slot, rest)) = rest.split_first_chunk_mut::<2>() else {
+        return;
+    };
+    *slot = e.slot.to_le_bytes();
+    let Some((status, rest)) = rest.split_first_chunk_mut::<2>() else {
+        return;
+    };
+    *status = e.status.to_le_bytes();
+    let Some((kind_byte, rest)) = rest.split_first_mut() else {
+        return;
+    };
+    *kind_byte = kind;
+    if let Some(time_bytes) = rest.first_chunk_mut::<8>() {
+        *time_bytes = time.to_le_bytes();
+    }
+}
+
 fn decode_entry(raw: &[u8]) -> Option<Entry> {
     let array16 = |at: usize| -> Option<[u8; 16]> { raw.get(at..at + 16)?.try_into().ok() };
     let u64_at = |at: usize| -> Option<u64> {
@@ -389,8 +419,19 @@ mod tests {
             Decision::Claim { slot: 1 }
         );
         assert!(index.complete(&ID_B, 8, 201, 9000, true));
+        let id_c = [3; 16];
+        index.decide(&id_c, &FP, 9, 1000, 500, 4);
+        assert!(index.complete(&id_c, 9, 500, 9000, false));
         let raw = index.encode();
-        assert_eq!(raw.len(), HEADER_LEN + 2 * ENTRY_LEN);
+        assert_eq!(raw.len(), HEADER_LEN + 3 * ENTRY_LEN);
+        // The documented layout, byte for byte: workers of one process share it.
+        let b = &raw[HEADER_LEN + ENTRY_LEN..HEADER_LEN + 2 * ENTRY_LEN];
+        assert_eq!((&raw[..4], &raw[4..6]), (&b"RGI1"[..], &[3u8, 0][..]));
+        assert_eq!((&b[..16], &b[16..32]), (&ID_B[..], &FP[..]));
+        assert_eq!(&b[32..44], &[8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 201, 0]);
+        assert_eq!((b[44], &b[45..]), (2, &9000u64.to_le_bytes()[..]));
+        assert_eq!(raw[HEADER_LEN + 44], 1);
+        assert_eq!(raw[HEADER_LEN + 2 * ENTRY_LEN + 44], 3);
         assert_eq!(ShardIndex::decode(&raw), Some(index));
         assert_eq!(ShardIndex::decode(b""), Some(ShardIndex::default()));
         for cut in 1..raw.len() {
