@@ -19,7 +19,9 @@ Also: the .wasm sizes, and the deterministic per-request cost recorded by the mo
 Usage: scripts/bench [--quick] [--seconds 10] [--rounds 5] [--connections 16] [--out DIR]
 A full run writes bench/results.json and bench/REPORT.md and rewrites the README block between
 `<!-- bench:begin -->` and `<!-- bench:end -->` (unless --no-readme); --quick (1 s rounds, one
-round, 1,000 retry-effect requests) writes to a temporary directory unless --out is given.
+round, 1,000 retry-effect requests) writes to a temporary directory unless --out is given;
+--render measures nothing and rewrites REPORT.md and the README block from bench/results.json
+(e.g. after re-recording bench/fuel-baseline.json).
 """
 
 import argparse
@@ -491,6 +493,35 @@ def update_readme(block):
     return True
 
 
+def render(result):
+    """The report text of a result: one paragraph on how and where it ran, then the tables."""
+    result_for_tables = dict(result, targets={k: (v["measured"], v["met"])
+                                              for k, v in result["targets"].items()})
+    m = result["machine"]
+    spread = max((s["spread"] or 0) for s in result["summary"].values())
+    about = (
+        f"`{result['command']}` on {result['date']}: Envoy {m['envoy']} (`--concurrency 1`, V8), "
+        f"wrk (1 thread, {result['connections']} connections) on loopback, medians of "
+        f"{result['rounds']} alternating rounds of {result['seconds']} s. Machine: {m['cpu']}, "
+        f"{m['cores']} cores, Linux {m['kernel']}; load average {m['load_before'][0]:.2f} before, "
+        f"{m['load_after'][0]:.2f} after; the widest spread of req/s across rounds was "
+        f"{spread:.0%}. The .wasm is {result['wasm_bytes']:,} bytes (the empty filter: "
+        f"{result['noop_wasm_bytes']:,}; after `wasm-opt -Oz`: "
+        f"{fmt(result['wasm_opt_oz_bytes'], ',')}). Worker CPU µs/req is the Envoy worker "
+        "thread's CPU time per request, the backend included (it runs on the same worker).")
+    return about + "\n\n" + tables(result_for_tables)
+
+
+def publish(result, out_dir, readme):
+    text = render(result)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (out_dir / "REPORT.md").write_text("# resetguard benchmark\n\n" + text + "\n")
+    if readme:
+        update_readme(text)
+    print(text)
+    print(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'REPORT.md'}", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=10, help="per run (default 10)")
@@ -500,7 +531,16 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 s, 1 round, 1,000 retry GETs")
     ap.add_argument("--out", type=Path, help="where results.json and REPORT.md go")
     ap.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    ap.add_argument("--render", action="store_true",
+                    help="measure nothing: rewrite REPORT.md and the README block from "
+                         "bench/results.json with the current bench/fuel-baseline.json")
     args = ap.parse_args()
+    fuel_file = ROOT / "bench/fuel-baseline.json"
+    fuel = json.loads(fuel_file.read_text()) if fuel_file.exists() else None
+    if args.render:
+        result = json.loads((ROOT / "bench/results.json").read_text())
+        publish(dict(result, fuel=fuel), ROOT / "bench", readme=not args.no_readme)
+        return result
     if args.quick:
         args.seconds, args.rounds, args.retry_requests = 1, 1, 1000
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="resetguard-bench-out-")) if args.quick
@@ -519,7 +559,6 @@ def main():
                           else (None, True))
     wasm_bytes = WASM.stat().st_size
     summary = summarize(samples)
-    fuel_file = ROOT / "bench/fuel-baseline.json"
     result = {
         "command": " ".join(["scripts/bench"] + sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -529,32 +568,12 @@ def main():
         "wasm_opt_oz_bytes": wasm_opt_size(WASM, work),
         "summary": {f"{v} {k}": s for (v, k), s in summary.items()},
         "retry_effect": retry,
-        "fuel": json.loads(fuel_file.read_text()) if fuel_file.exists() else None,
+        "fuel": fuel,
         "raw": {f"{v} {k}": runs for (v, k), runs in samples.items()},
     }
     result["targets"] = {k: {"measured": m, "met": ok} for k, (m, ok) in
                          targets(result["summary"], retry, wasm_bytes).items()}
-    result_for_tables = dict(result, targets={k: (v["measured"], v["met"])
-                                              for k, v in result["targets"].items()})
-    table = tables(result_for_tables)
-    m = result["machine"]
-    spread = max((s["spread"] or 0) for s in result["summary"].values())
-    about = (
-        f"`{result['command']}` on {result['date']}: Envoy {m['envoy']} (`--concurrency 1`, V8), "
-        f"wrk (1 thread, {args.connections} connections) on loopback, medians of {args.rounds} "
-        f"alternating rounds of {args.seconds} s. Machine: {m['cpu']}, {m['cores']} cores, "
-        f"Linux {m['kernel']}; load average {m['load_before'][0]:.2f} before, "
-        f"{m['load_after'][0]:.2f} after; the widest spread of req/s across rounds was "
-        f"{spread:.0%}. The .wasm is {wasm_bytes:,} bytes (the empty filter: "
-        f"{result['noop_wasm_bytes']:,}; after `wasm-opt -Oz`: "
-        f"{fmt(result['wasm_opt_oz_bytes'], ',')}). Worker CPU µs/req is the Envoy worker "
-        "thread's CPU time per request, the backend included (it runs on the same worker).")
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    (out_dir / "REPORT.md").write_text("# resetguard benchmark\n\n" + about + "\n\n" + table + "\n")
-    if not args.quick and not args.no_readme and out_dir == ROOT / "bench":
-        update_readme(about + "\n\n" + table)
-    print(about + "\n\n" + table)
-    print(f"\nwrote {out_dir / 'results.json'} and {out_dir / 'REPORT.md'}", file=sys.stderr)
+    publish(result, out_dir, readme=not args.quick and not args.no_readme and out_dir == ROOT / "bench")
     if clean and clean_retry:
         shutil.rmtree(work, ignore_errors=True)
     else:
