@@ -108,22 +108,61 @@ pub struct ShardIndex {
 impl ShardIndex {
     /// Decodes a shard value; an empty value is an empty shard; `None` if corrupt.
     pub fn decode(raw: &[u8]) -> Option<ShardIndex> {
-        if raw.is_empty() {
-            return Some(ShardIndex::default());
-        }
-        if raw.get(..4)? != MAGIC {
-            return None;
-        }
-        let count = usize::from(u16::from_le_bytes(raw.get(4..6)?.try_into().ok()?));
-        let body = raw.get(HEADER_LEN..)?;
-        if body.len() != count.checked_mul(ENTRY_LEN)? {
-            return None;
-        }
-        let mut entries = Vec::with_capacity(count);
+        let body = entries_of(raw)?;
+        let mut entries = Vec::with_capacity(body.len() / ENTRY_LEN);
         for raw_entry in body.chunks_exact(ENTRY_LEN) {
             entries.push(decode_entry(raw_entry)?);
         }
         Some(ShardIndex { entries })
+    }
+
+    /// `peek` straight from a shard value: the answer `decode` (a corrupt value reads as empty),
+    /// `clamp_to_horizon`, `reclaim` then `peek` would give, without building the index. Every
+    /// keyed request peeks; decoding a shard of ~150 entries to do it cost ~30,000 instructions.
+    pub fn peek_encoded(
+        raw: &[u8],
+        identity: &Identity,
+        now_ms: u64,
+        horizons: (u64, u64),
+        capacity: usize,
+    ) -> Peek {
+        let (lock_timeout_ms, ttl_ms) = horizons;
+        let body = entries_of(raw)
+            .filter(|body| {
+                body.chunks_exact(ENTRY_LEN)
+                    .all(|e| matches!(e.get(KIND_AT), Some(1..=3)))
+            })
+            .unwrap_or_default();
+        let mut live = 0usize;
+        let mut soonest: Option<u64> = None;
+        for e in body.chunks_exact(ENTRY_LEN) {
+            let in_flight = e.get(KIND_AT) == Some(&1);
+            let horizon = if in_flight { lock_timeout_ms } else { ttl_ms };
+            let deadline = e
+                .get(KIND_AT + 1..)
+                .and_then(<[u8]>::first_chunk::<8>)
+                .map_or(0, |t| u64::from_le_bytes(*t))
+                .min(now_ms.saturating_add(horizon));
+            if deadline <= now_ms {
+                continue; // reclaimed
+            }
+            if e.first_chunk::<16>() == Some(identity) {
+                return if in_flight {
+                    Peek::InFlight
+                } else {
+                    Peek::Completed
+                };
+            }
+            live += 1;
+            soonest = Some(soonest.map_or(deadline, |s| s.min(deadline)));
+        }
+        if live >= capacity {
+            Peek::Full {
+                retry_after_s: retry_after_s(soonest.unwrap_or(now_ms), now_ms),
+            }
+        } else {
+            Peek::Absent
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -245,7 +284,7 @@ impl ShardIndex {
     /// Seconds until the shard's next entry frees, clamped to 1..=60.
     fn retry_after_s(&self, now_ms: u64) -> u32 {
         let soonest = self.entries.iter().map(Entry::time).min().unwrap_or(now_ms);
-        soonest.saturating_sub(now_ms).div_ceil(1000).clamp(1, 60) as u32
+        retry_after_s(soonest, now_ms)
     }
 
     /// The lowest slot in `0..capacity` no entry holds (slots stay bounded by capacity).
@@ -365,6 +404,30 @@ fn encode_entry(e: &Entry, raw: &mut [u8]) {
     }
 }
 
+/// Offset of an entry's kind byte (1 in flight, 2 completed, 3 completed unreplayable); its
+/// deadline (u64) follows.
+const KIND_AT: usize = 44;
+
+fn retry_after_s(soonest_ms: u64, now_ms: u64) -> u32 {
+    soonest_ms
+        .saturating_sub(now_ms)
+        .div_ceil(1000)
+        .clamp(1, 60) as u32
+}
+
+/// The entries of a shard value (`Some(&[])` when empty); `None` if the header or length is off.
+fn entries_of(raw: &[u8]) -> Option<&[u8]> {
+    if raw.is_empty() {
+        return Some(raw);
+    }
+    if raw.get(..4)? != MAGIC {
+        return None;
+    }
+    let count = usize::from(u16::from_le_bytes(raw.get(4..6)?.try_into().ok()?));
+    let body = raw.get(HEADER_LEN..)?;
+    (body.len() == count.checked_mul(ENTRY_LEN)?).then_some(body)
+}
+
 fn decode_entry(raw: &[u8]) -> Option<Entry> {
     let array16 = |at: usize| -> Option<[u8; 16]> { raw.get(at..at + 16)?.try_into().ok() };
     let u64_at = |at: usize| -> Option<u64> {
@@ -373,8 +436,8 @@ fn decode_entry(raw: &[u8]) -> Option<Entry> {
     let u16_at = |at: usize| -> Option<u16> {
         Some(u16::from_le_bytes(raw.get(at..at + 2)?.try_into().ok()?))
     };
-    let time = u64_at(45)?;
-    let state = match raw.get(44)? {
+    let time = u64_at(KIND_AT + 1)?;
+    let state = match raw.get(KIND_AT)? {
         1 => EntryState::InFlight {
             lock_deadline_ms: time,
         },
@@ -599,6 +662,69 @@ mod tests {
         assert_eq!(index.free_slot(130), None);
         assert_eq!(index.free_slot(131), Some(130));
         assert_eq!(ShardIndex::default().free_slot(0), None);
+    }
+
+    #[test]
+    fn peek_encoded_answers_what_decoding_reclaiming_and_peeking_would() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let (now, lock, ttl) = (1_000_000u64, 500u64, 60_000u64);
+        let mut seen = [0; 4];
+        for case in 0..3_000 {
+            let mut index = ShardIndex::default();
+            for _ in 0..next(12) {
+                let time = match next(4) {
+                    0 => now - next(1_000),    // expired
+                    1 => now + next(2 * ttl),  // maybe beyond its horizon
+                    2 => now + 1 + next(lock), // live in-flight range
+                    _ => u64::MAX - next(10),  // a clock that ran far ahead
+                };
+                index.entries.push(Entry {
+                    identity: [next(6) as u8; 16],
+                    fingerprint: FP,
+                    owner: next(100),
+                    slot: next(20) as u16,
+                    status: 200,
+                    state: match next(3) {
+                        0 => EntryState::InFlight {
+                            lock_deadline_ms: time,
+                        },
+                        kind => EntryState::Completed {
+                            expiry_ms: time,
+                            replayable: kind == 1,
+                        },
+                    },
+                });
+            }
+            let mut raw = index.encode();
+            if case % 10 == 0 && !raw.is_empty() {
+                let at = next(raw.len() as u64) as usize;
+                raw[at] = next(256) as u8; // may corrupt a kind, the magic or the count
+            }
+            let identity = [next(6) as u8; 16];
+            let capacity = next(8) as usize;
+            let mut reference = ShardIndex::decode(&raw).unwrap_or_default();
+            reference.clamp_to_horizon(now, lock, ttl);
+            reference.reclaim(now);
+            let answer = ShardIndex::peek_encoded(&raw, &identity, now, (lock, ttl), capacity);
+            assert_eq!(
+                answer,
+                reference.peek(&identity, now, capacity),
+                "case {case}: {raw:?}"
+            );
+            seen[match answer {
+                Peek::Absent => 0,
+                Peek::InFlight => 1,
+                Peek::Completed => 2,
+                Peek::Full { .. } => 3,
+            }] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 100), "{seen:?}");
     }
 
     #[test]

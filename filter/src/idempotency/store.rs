@@ -258,10 +258,13 @@ impl<K: SharedKv> IdempotencyStore for ShardedStore<K> {
     fn peek(&self, identity: &Identity, now_ms: u64) -> StoreResult<Peek> {
         let key = self.shard_key(self.shard_of(identity));
         let (raw, _) = self.kv.get(&key)?.ok_or(StoreError::NotInitialized)?;
-        let mut index = ShardIndex::decode(&raw).unwrap_or_default();
-        self.clamp(&mut index, now_ms);
-        index.reclaim(now_ms);
-        Ok(index.peek(identity, now_ms, self.limits.entries_per_shard))
+        Ok(ShardIndex::peek_encoded(
+            &raw,
+            identity,
+            now_ms,
+            (self.limits.lock_timeout_ms, self.limits.ttl_ms),
+            self.limits.entries_per_shard,
+        ))
     }
 
     fn claim(
