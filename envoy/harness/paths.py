@@ -22,7 +22,8 @@ RUN_DIR = Path(os.environ.get("RESETGUARD_RUN_DIR", ENVOY_DIR / ".run"))
 SCENARIO_DIR = ROOT / "scenarios"
 EXAMPLES_DIR = ROOT / "examples"
 
-WASM_BUILD_COMMAND = "cargo build --release --target wasm32-wasip1 -p resetguard-filter"
+# cargo build (release) then wasm-opt -Oz in place: the artifact that ships.
+WASM_BUILD_COMMAND = "scripts/build-wasm"
 
 
 def envoy_binary() -> Path:

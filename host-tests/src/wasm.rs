@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 use std::time::SystemTime;
 use wasmtime::{Config, Engine, Module};
 
-pub const BUILD_COMMAND: &str = "cargo build --release --target wasm32-wasip1 -p resetguard-filter";
+/// cargo build (release) then `wasm-opt -Oz` in place: the artifact that ships.
+pub const BUILD_COMMAND: &str = "scripts/build-wasm";
 
 /// The workspace root (host-tests' parent).
 pub fn workspace_root() -> PathBuf {
