@@ -153,15 +153,15 @@ pub fn effective(
             config: Some(base),
         });
     };
-    let route_override =
-        RouteOverride::from_value(&value).map_err(|e| format!("route override: {e}"))?;
+    let route_override = RouteOverride::from_value(&crate::filter_json(&value))
+        .map_err(|e| format!("route override: {e}"))?;
     let plugin: Value = if raw.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
         serde_json::from_slice(&raw).map_err(|e| e.to_string())?
     };
     let config = route_override
-        .apply(&plugin)
+        .apply(&crate::filter_json(&plugin))
         .map_err(|e| format!("route override: {e}"))?;
     Ok(Effective { source, config })
 }

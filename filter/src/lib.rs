@@ -5,6 +5,9 @@
 //! the filter and for tools alike. `host` wraps the ABI without panicking; `root`, `route_policy`
 //! and `http` are the thin glue.
 
+// First: its test-only `json!` macro is used by the modules below.
+#[macro_use]
+pub mod json;
 pub mod config;
 pub mod decision;
 pub mod host;

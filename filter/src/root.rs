@@ -59,7 +59,7 @@ impl Shared {
 /// onto, and the overrides resolved so far on this worker.
 pub struct Plugin {
     pub base: Rc<Shared>,
-    pub json: serde_json::Value,
+    pub json: crate::json::Value,
     pub routes: RefCell<RouteOverrides>,
 }
 

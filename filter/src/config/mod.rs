@@ -12,6 +12,7 @@ pub use idempotency::{IdempotencyConfig, IdempotencyMode, UnknownOutcome, WhenFu
 pub use reader::{ConfigError, ConfigResult};
 pub use retry::{RetryConfig, RetryOn, MAX_RETRIES_LIMIT, RFC9110_IDEMPOTENT};
 
+use crate::json::{self, Object, Value};
 use reader::{error, ObjectReader};
 
 /// Upper bound on the plugin JSON: a config this large is a mistake, not a policy.
@@ -19,7 +20,7 @@ pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
 /// The plugin configuration as JSON (route overrides merge onto it): at most `MAX_CONFIG_BYTES`,
 /// and empty (or only whitespace) is `{}`.
-pub fn parse_json(raw: &[u8]) -> ConfigResult<serde_json::Value> {
+pub fn parse_json(raw: &[u8]) -> ConfigResult<Value> {
     if raw.len() > MAX_CONFIG_BYTES {
         return Err(error(
             "$",
@@ -30,9 +31,9 @@ pub fn parse_json(raw: &[u8]) -> ConfigResult<serde_json::Value> {
         ));
     }
     if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+        return Ok(Value::Object(Object::new()));
     }
-    serde_json::from_slice(raw).map_err(|e| error("$", format!("a JSON object ({e})")))
+    json::parse(raw).map_err(|e| error("$", format!("a JSON object ({e})")))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,7 +51,7 @@ impl Config {
 
     /// Reads an already-parsed plugin JSON value with the same strict rules as `parse` (used for
     /// route overrides merged onto the plugin JSON, and by tools that load YAML).
-    pub fn parse_value(value: &serde_json::Value) -> ConfigResult<Config> {
+    pub fn parse_value(value: &Value) -> ConfigResult<Config> {
         let mut root = ObjectReader::new("$", value)?;
         let retry = RetryConfig::read(root.object("retry")?)?;
         let client_abort = ClientAbortConfig::read(root.object("client_abort")?)?;

@@ -1,8 +1,7 @@
 //! A strict reader over a JSON object that tracks the field path for error messages and rejects
 //! keys nobody asked for, so a typo in the plugin JSON is an error instead of a silent default.
 
-use serde_json::{Map, Value};
-use std::collections::BTreeSet;
+use crate::json::{Object, Value};
 use std::fmt;
 
 /// A rejected configuration: the JSON path of the offending field and what was expected there.
@@ -47,8 +46,8 @@ fn describe(value: &Value) -> &'static str {
 /// One JSON object being read; `finish` fails on any key that no getter consumed.
 pub struct ObjectReader<'a> {
     path: String,
-    map: &'a Map<String, Value>,
-    seen: BTreeSet<&'static str>,
+    map: &'a Object,
+    seen: Vec<&'static str>,
 }
 
 impl<'a> ObjectReader<'a> {
@@ -57,7 +56,7 @@ impl<'a> ObjectReader<'a> {
             Value::Object(map) => Ok(ObjectReader {
                 path: path.to_string(),
                 map,
-                seen: BTreeSet::new(),
+                seen: Vec::new(),
             }),
             other => Err(error(path, format!("an object, got {}", describe(other)))),
         }
@@ -72,7 +71,7 @@ impl<'a> ObjectReader<'a> {
     }
 
     fn take(&mut self, key: &'static str) -> Option<&'a Value> {
-        self.seen.insert(key);
+        self.seen.push(key);
         match self.map.get(key) {
             None | Some(Value::Null) => None,
             Some(v) => Some(v),
@@ -141,12 +140,22 @@ impl<'a> ObjectReader<'a> {
 
     /// Fails on the first key that no getter asked for.
     pub fn finish(self) -> ConfigResult<()> {
-        match self.map.keys().find(|k| !self.seen.contains(k.as_str())) {
+        match self.map.keys().find(|k| !self.seen.contains(&k.as_str())) {
             None => Ok(()),
             Some(unknown) => {
-                let known: Vec<&str> = self.seen.iter().copied().collect();
+                let path = self.child_path(unknown);
+                let mut known = self.seen;
+                // An insertion sort of a handful of names (std's sort costs KBs of .wasm).
+                for i in 1..known.len() {
+                    let mut j = i;
+                    while j > 0 && known.get(j - 1) > known.get(j) {
+                        known.swap(j - 1, j);
+                        j -= 1;
+                    }
+                }
+                known.dedup();
                 Err(error(
-                    &self.child_path(unknown),
+                    &path,
                     format!("no such setting; known settings here: {}", known.join(", ")),
                 ))
             }
@@ -173,7 +182,6 @@ pub fn read_string<'a>(path: &str, value: &'a Value) -> ConfigResult<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn unknown_keys_name_their_path() {

@@ -196,7 +196,7 @@ fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
     out
 }
 
-fn read_condition(path: &str, value: &serde_json::Value) -> ConfigResult<RetryOn> {
+fn read_condition(path: &str, value: &crate::json::Value) -> ConfigResult<RetryOn> {
     let s = read_string(path, value)?;
     RetryOn::parse(s).ok_or_else(|| {
         let hint = match s {
@@ -211,7 +211,7 @@ fn read_condition(path: &str, value: &serde_json::Value) -> ConfigResult<RetryOn
     })
 }
 
-pub(super) fn read_method(path: &str, value: &serde_json::Value) -> ConfigResult<String> {
+pub(super) fn read_method(path: &str, value: &crate::json::Value) -> ConfigResult<String> {
     let s = read_string(path, value)?;
     if REGISTERED_METHODS.contains(&s) {
         return Ok(s.to_string());
@@ -231,12 +231,19 @@ pub(super) fn read_method(path: &str, value: &serde_json::Value) -> ConfigResult
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn read(v: serde_json::Value) -> ConfigResult<RetryConfig> {
-        let root = json!({ "retry": v });
+    fn read(v: crate::json::Value) -> ConfigResult<RetryConfig> {
+        let mut root = crate::json::Object::new();
+        root.insert("retry".to_string(), v);
+        let root = crate::json::Value::Object(root);
         let mut r = ObjectReader::new("$", &root).unwrap();
         RetryConfig::read(r.object("retry").unwrap())
+    }
+
+    #[test]
+    fn all_lists_every_condition_once_in_order() {
+        // retry_policy relies on it to list the unsent-only conditions sorted without sorting.
+        assert!(RetryOn::ALL.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

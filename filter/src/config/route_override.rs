@@ -1,10 +1,10 @@
 //! Per-route overrides: the object under an Envoy route's `metadata.filter_metadata.resetguard`.
 //!
 //! ```text
-//! RouteOverride::from_value(&serde_json::Value) -> Result<RouteOverride, ConfigError>
+//! RouteOverride::from_value(&json::Value) -> Result<RouteOverride, ConfigError>
 //! RouteOverride::disabled(&self) -> bool
-//! RouteOverride::apply(&self, plugin: &serde_json::Value) -> Result<Option<Config>, ConfigError>
-//! merge(base: &mut serde_json::Value, patch: &serde_json::Value)
+//! RouteOverride::apply(&self, plugin: &json::Value) -> Result<Option<Config>, ConfigError>
+//! merge(base: &mut serde_json::Value, patch: &json::Value)
 //! FIXED_SETTINGS: &[&str]
 //! ```
 //!
@@ -20,7 +20,7 @@
 
 use super::reader::{error, ConfigResult};
 use super::Config;
-use serde_json::{Map, Value};
+use crate::json::{Object, Value};
 
 /// The key that turns the filter off for a route; not a plugin setting.
 pub const DISABLED: &str = "disabled";
@@ -64,13 +64,14 @@ impl RouteOverride {
             }
         }
         // Built rather than cloned-then-removed: map removal code costs .wasm size.
-        let mut patch = Map::new();
-        for (key, value) in map.iter().filter(|(key, _)| *key != DISABLED) {
-            patch.insert(key.clone(), value.clone());
-        }
+        let patch = map
+            .iter()
+            .filter(|(key, _)| *key != DISABLED)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
         Ok(RouteOverride {
             disabled,
-            patch: Value::Object(patch),
+            patch: Value::Object(Object::from_entries(patch)),
         })
     }
 
@@ -103,7 +104,7 @@ impl RouteOverride {
 pub fn merge(base: &mut Value, patch: &Value) {
     match (base, patch) {
         (Value::Object(base), Value::Object(patch)) => {
-            for (key, value) in patch {
+            for (key, value) in patch.iter() {
                 match base.get_mut(key) {
                     Some(slot) => merge(slot, value),
                     None => {
@@ -117,7 +118,7 @@ pub fn merge(base: &mut Value, patch: &Value) {
 }
 
 /// The value at a dotted path of an object, if every step exists.
-fn lookup<'a>(map: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+fn lookup<'a>(map: &'a Object, path: &str) -> Option<&'a Value> {
     let mut segments = path.split('.');
     let mut value = map.get(segments.next()?)?;
     for segment in segments {
@@ -129,7 +130,6 @@ fn lookup<'a>(map: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn effective(plugin: Value, route: Value) -> ConfigResult<Option<Config>> {
         RouteOverride::from_value(&route)?.apply(&plugin)

@@ -1,7 +1,7 @@
 //! RFC 9457 problem details for every answer the idempotency layer gives instead of the upstream.
 //! The `type` URNs are a stable contract: clients branch on them, not on `title` or `detail`.
 
-use serde_json::json;
+use crate::json::push_string;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
@@ -82,16 +82,18 @@ impl Problem {
         }
     }
 
-    /// The `application/problem+json` body.
+    /// The `application/problem+json` body (members in the order serde_json used to write them).
     pub fn body(self, detail: &str) -> Vec<u8> {
-        json!({
-            "type": self.type_uri(),
-            "title": self.title(),
-            "status": self.status(),
-            "detail": detail,
-        })
-        .to_string()
-        .into_bytes()
+        let mut out = String::from("{\"detail\":");
+        push_string(&mut out, detail);
+        out.push_str(",\"status\":");
+        out.push_str(&self.status().to_string());
+        out.push_str(",\"title\":");
+        push_string(&mut out, self.title());
+        out.push_str(",\"type\":");
+        push_string(&mut out, self.type_uri());
+        out.push('}');
+        out.into_bytes()
     }
 }
 
@@ -114,6 +116,11 @@ mod tests {
             assert_eq!(v["detail"], "why \"quoted\"");
             assert!(!p.details().contains(' '));
         }
+        assert_eq!(
+            String::from_utf8(Problem::KeyMissing.body("a\nb")).unwrap(),
+            "{\"detail\":\"a\\nb\",\"status\":400,\"title\":\"Idempotency-Key is missing\",\
+             \"type\":\"urn:resetguard:problem:idempotency-key-missing\"}"
+        );
         assert_eq!(Problem::KeyMissing.status(), 400);
         assert_eq!(Problem::InFlight.status(), 409);
         assert_eq!(Problem::PayloadMismatch.status(), 422);
