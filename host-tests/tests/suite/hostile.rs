@@ -46,7 +46,7 @@ const PROFILES: &[Profile] = &[
         retry_keyed: false,
         max_retries: 2,
         scope: &["authorization"],
-        store: (64, 157),
+        store: (1024, 10),
     },
     Profile {
         config: r#"{"retry":{"max_retries":3,"on":["reset","5xx","connect-failure"]},
@@ -84,7 +84,7 @@ const PROFILES: &[Profile] = &[
         retry_keyed: false,
         max_retries: 2,
         scope: &["authorization", "x-tenant"],
-        store: (64, 157),
+        store: (1024, 10),
     },
     Profile {
         config: r#"{"retry":{"max_retries":1,"on":["reset","5xx"]}}"#,
