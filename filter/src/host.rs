@@ -418,6 +418,7 @@ impl HeaderPairs {
     }
 }
 
+#[derive(Clone)]
 pub struct PairsIter<'a> {
     raw: &'a [u8],
     index: usize,

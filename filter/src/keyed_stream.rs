@@ -268,14 +268,15 @@ impl KeyedStream {
         if self.ticket.is_none() {
             return;
         }
-        let pairs = match host::header_pairs(MapType::ResponseHeaders) {
-            Ok(pairs) => pairs,
+        // Read in place: only the headers a replay keeps are copied.
+        let code = status.unwrap_or(0);
+        let response = match host::header_map(MapType::ResponseHeaders) {
+            Ok(map) => RecordedResponse::from_borrowed_headers(code, map.iter()),
             Err(_) => {
                 metrics.inc(Counter::HostErrors);
-                Vec::new()
+                RecordedResponse::from_headers(code, Vec::new())
             }
         };
-        let response = RecordedResponse::from_headers(status.unwrap_or(0), pairs);
         let keep = status.is_some() && response.header_bytes() <= MAX_STORED_HEADER_BYTES;
         // Response headers from the upstream prove it executed the request, whatever happens to
         // the body later (Envoy says `via_upstream` now and rewrites it if the stream is cut).
@@ -332,13 +333,17 @@ impl KeyedStream {
         let (Some(ticket), Some(store)) = (self.ticket.take(), idem.store.as_ref()) else {
             return;
         };
-        let details = host::property(&["response", "code_details"]).ok().flatten();
-        let via_upstream = details.as_deref() == Some(VIA_UPSTREAM);
+        let recording = self.recording.take();
         // At on_log Envoy's details describe how the stream ended (a client that left after the
         // response passed says `downstream_remote_disconnect`); what the response headers said
-        // is kept in the recording.
+        // is kept in the recording, and when it says "from the upstream" the details cannot
+        // change the answer: read them (a host call) only when they can.
+        let via_upstream = recording.as_ref().is_some_and(|r| r.from_upstream)
+            || host::property(&["response", "code_details"])
+                .ok()
+                .flatten()
+                .is_some_and(|d| d == VIA_UPSTREAM);
         let answered = |r: &Recording| via_upstream || r.from_upstream;
-        let recording = self.recording.take();
         let result = now_ms().and_then(|now| match &recording {
             // "Try again later" from the upstream: storing it would answer every retry of this
             // key with the same refusal for the whole TTL.

@@ -27,7 +27,8 @@
 //!   retry, at most 16 times, then answer busy (`store_contention`). Answers that need no write are
 //!   read off one consistent snapshot.
 //! * **Complete.** (on_log, response `via_upstream` and complete.) Check the claim is still held —
-//!   renewing its lock by CAS if less than half the lock timeout is left — then write the response
+//!   renewing its lock by CAS if less than half the lock timeout is left; a claim whose deadline
+//!   (kept in its ticket) is further away needs no read — then write the response
 //!   into the claim's slot (unconditionally: a slot belongs to exactly one entry while it is
 //!   referenced), then CAS the entry to Completed{now + ttl}. A response too large to keep
 //!   completes the key without a slot (`not_replayable` answers later: never executed twice).

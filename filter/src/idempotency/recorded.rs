@@ -46,9 +46,8 @@ pub fn is_stored_header(name: &[u8]) -> bool {
 }
 
 /// Names a response's `Connection` header marks as hop-by-hop (lower-cased).
-pub fn connection_tokens(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
+pub fn connection_tokens<'a>(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<Vec<u8>> {
     headers
-        .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
         .flat_map(|(_, v)| v.split(|&b| b == b','))
         .map(|t| t.trim_ascii().to_ascii_lowercase())
@@ -59,10 +58,18 @@ pub fn connection_tokens(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
 impl RecordedResponse {
     /// Keeps the end-to-end headers of a response header map.
     pub fn from_headers(status: u16, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> RecordedResponse {
-        let hop = connection_tokens(&pairs);
+        Self::from_borrowed_headers(status, pairs.iter().map(|(n, v)| (&n[..], &v[..])))
+    }
+
+    /// `from_headers` over borrowed pairs (e.g. `host::header_map`): copies only what it keeps.
+    pub fn from_borrowed_headers<'a, I>(status: u16, pairs: I) -> RecordedResponse
+    where
+        I: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+    {
+        let hop = connection_tokens(pairs.clone());
         let headers = pairs
-            .into_iter()
             .filter(|(n, _)| is_stored_header(n) && !hop.iter().any(|h| h.eq_ignore_ascii_case(n)))
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
             .collect();
         RecordedResponse {
             status,

@@ -38,6 +38,8 @@ pub struct Ticket {
     pub fingerprint: Fingerprint,
     pub owner: u64,
     pub slot: u16,
+    /// The claim's lock deadline as written at claim time (only its owner can move it).
+    pub lock_deadline_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,6 +296,7 @@ impl<K: SharedKv> IdempotencyStore for ShardedStore<K> {
                 fingerprint: *fingerprint,
                 owner,
                 slot,
+                lock_deadline_ms: now_ms.saturating_add(limits.lock_timeout_ms),
             }),
             Some(Decision::InFlight) => Claim::InFlight,
             Some(Decision::PayloadMismatch) => Claim::PayloadMismatch,
@@ -325,27 +328,43 @@ impl<K: SharedKv> IdempotencyStore for ShardedStore<K> {
         let mut reclaimed = Reclaimed::default();
         let encoded = response.and_then(|r| r.encode(&ticket.identity, ticket.owner));
         let replayable = encoded.is_some() && ticket.slot != NO_SLOT;
+        // A claim whose own deadline is at least half a lock timeout away needs no check: only its
+        // owner moves that deadline, and a reclaim needs a clock past it, so the read below would
+        // find it held and change nothing. (A wall clock set back by more than that after a
+        // reclaim could fool this; the slot is authenticated by identity and owner, so the other
+        // key would lose its replay, never get ours.)
+        let young = ticket.lock_deadline_ms.saturating_sub(now_ms) >= limits.lock_timeout_ms / 2;
         if let (Some(value), true) = (&encoded, replayable) {
             // Before writing the slot, make sure the claim is held and will stay held for a while:
             // an expired claim could be reclaimed and its slot handed to another key meanwhile.
-            let held = self.update(shard, now_ms, |index| {
-                let deadline = match index.claim_of(&ticket.identity, ticket.owner) {
-                    None => return (false, false),
-                    Some(e) => match e.state {
-                        super::index::EntryState::InFlight { lock_deadline_ms } => lock_deadline_ms,
-                        _ => return (false, false),
-                    },
-                };
-                if deadline.saturating_sub(now_ms) >= limits.lock_timeout_ms / 2 {
-                    return (true, false);
+            let held = if young {
+                Report {
+                    value: Some(true),
+                    reclaimed: Reclaimed::default(),
+                    cas_conflicts: 0,
                 }
-                let renewed = index.renew(
-                    &ticket.identity,
-                    ticket.owner,
-                    now_ms.saturating_add(limits.lock_timeout_ms),
-                );
-                (renewed, renewed)
-            })?;
+            } else {
+                self.update(shard, now_ms, |index| {
+                    let deadline = match index.claim_of(&ticket.identity, ticket.owner) {
+                        None => return (false, false),
+                        Some(e) => match e.state {
+                            super::index::EntryState::InFlight { lock_deadline_ms } => {
+                                lock_deadline_ms
+                            }
+                            _ => return (false, false),
+                        },
+                    };
+                    if deadline.saturating_sub(now_ms) >= limits.lock_timeout_ms / 2 {
+                        return (true, false);
+                    }
+                    let renewed = index.renew(
+                        &ticket.identity,
+                        ticket.owner,
+                        now_ms.saturating_add(limits.lock_timeout_ms),
+                    );
+                    (renewed, renewed)
+                })?
+            };
             conflicts += held.cas_conflicts;
             reclaimed = held.reclaimed;
             match held.value {

@@ -370,6 +370,7 @@ fn step(
                 fingerprint: FP,
                 owner: holder,
                 slot: 0,
+                lock_deadline_ms: 0,
             };
             let slot = slot_of(store, &identity, holder);
             let report = store
@@ -395,6 +396,7 @@ fn step(
                         fingerprint: FP,
                         owner: holder,
                         slot: 0,
+                        lock_deadline_ms: 0,
                     },
                     0,
                 )

@@ -58,8 +58,9 @@ fn a_keyed_post_streams_headers_buffers_the_body_and_records_the_response_unpaus
     );
     assert!(
         x.property_reads
-            .contains(&(Phase::Log, "response.code_details".to_string())),
-        "the store decision reads code_details at on_log: {:?}",
+            .contains(&(Phase::ResponseHeaders, "response.code_details".to_string())),
+        "the recording reads code_details at response headers (on_log re-reads them only when \
+         those did not say via_upstream): {:?}",
         x.property_reads
     );
 
