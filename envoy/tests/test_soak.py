@@ -67,7 +67,9 @@ KEY_HEADER = "Idempotency-Key"
 REPLAY_HEADER = "idempotent-replayed"
 PLUGIN_CONFIG = {
     "retry": {"max_retries": MAX_RETRIES},
-    "idempotency": {"mode": "enforce", "max_entries": 5000, "ttl_seconds": 30},
+    # 5,000 entries over 64 shards: 79 per shard. (The default 1,024 shards would leave 5 per
+    # shard, and random keys fill some shards while the store is half empty: store-full 503s.)
+    "idempotency": {"mode": "enforce", "max_entries": 5000, "shards": 64, "ttl_seconds": 30},
 }
 # RSS bounds (justified in test_soak_envoy_stayed_healthy).
 RSS_MID_TO_END_MAX_MIB = 8
@@ -210,11 +212,15 @@ def _worker(port, seed, t0, stop_at, budget, tally: Tally):
                 # action not yet applied): re-send, like any client would, a bounded number of
                 # times (two stale resets in a row were seen on a loaded machine).
                 tries = 0
-                while r.status == 503 and r.error is None and tries < 3:
+                while (r.status == 503 and r.error is None and tries < 3
+                       and b"store-full" not in r.body):
                     tries += 1
                     tally.inc("keyed_resent_after_503")
                     r = c.request(method, path, headers, body)
                     tally.status("post_key_retry", r)
+                if r.status == 503 and b"store-full" in r.body:
+                    tally.inc("keyed_store_full")
+                    continue
             if beh == "mid":
                 if r.error and r.error.startswith("truncated"):
                     tally.inc("truncated_seen")
