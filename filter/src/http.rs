@@ -229,11 +229,17 @@ impl HttpContext for HttpFilter {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.response.headers = true;
         self.response.ended |= end_of_stream;
-        if let Ok(Some(raw)) = host::header(MapType::ResponseHeaders, ":status") {
+        // A recorded response reads its whole header map anyway: `:status` comes from it.
+        let status = match (self.keyed.as_mut(), self.shared.as_ref()) {
+            (Some(keyed), Some(shared)) if keyed.records() => {
+                keyed.on_response_headers(&shared.metrics)
+            }
+            _ => host::header(MapType::ResponseHeaders, ":status")
+                .ok()
+                .flatten(),
+        };
+        if let Some(raw) = status {
             self.response.status = outcome::parse_status(&raw);
-        }
-        if let (Some(keyed), Some(shared)) = (self.keyed.as_mut(), self.shared.as_ref()) {
-            keyed.on_response_headers(self.response.status, &shared.metrics);
         }
         Action::Continue
     }
