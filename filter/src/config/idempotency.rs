@@ -82,7 +82,7 @@ impl Default for IdempotencyConfig {
             ttl_seconds: 86_400,
             lock_timeout_ms: 30_000,
             max_entries: 10_000,
-            shards: 1024,
+            shards: 64,
             when_full: WhenFull::Reject,
             retry_keyed_requests: false,
             require_store: false,
@@ -140,7 +140,7 @@ impl IdempotencyConfig {
         let lock_timeout_ms = r.integer("lock_timeout_ms", 30_000, 100, LOCK_TIMEOUT_LIMIT_MS)?;
         let max_entries_path = r.child_path("max_entries");
         let max_entries = r.integer("max_entries", 10_000, 1, MAX_ENTRIES_LIMIT)?;
-        let shards = r.integer("shards", 1024, 1, SHARDS_LIMIT)? as u32;
+        let shards = r.integer("shards", 64, 1, SHARDS_LIMIT)? as u32;
         let full_path = r.child_path("when_full");
         let when_full = match r.string("when_full")? {
             None | Some("reject") => WhenFull::Reject,
@@ -254,7 +254,7 @@ mod tests {
                 ..IdempotencyConfig::default()
             }
         );
-        assert_eq!(c.entries_per_shard(), 10);
+        assert_eq!(c.entries_per_shard(), 157);
         assert!(
             !parse(r#"{"idempotency": {"enabled": false}}"#)
                 .unwrap()
