@@ -123,12 +123,7 @@ impl RootContext for Root {
         log::info!(
             "resetguard: configured: max_retries={} on={:?} idempotent_methods={:?}",
             config.retry.max_retries,
-            config
-                .retry
-                .on
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>(),
+            config.retry.on_names(),
             config.retry.idempotent_methods,
         );
         let idempotency = if config.idempotency.enabled {

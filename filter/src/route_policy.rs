@@ -140,12 +140,7 @@ impl Plugin {
                     "resetguard: route {name}: override applied: max_retries={} on={:?} \
                      idempotency={}",
                     config.retry.max_retries,
-                    config
-                        .retry
-                        .on
-                        .iter()
-                        .map(|c| c.as_str())
-                        .collect::<Vec<_>>(),
+                    config.retry.on_names(),
                     config.idempotency.enabled,
                 );
                 Some(Rc::new(self.base.for_route(config)))

@@ -137,6 +137,11 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
+    /// The `on` conditions by name, for log lines.
+    pub fn on_names(&self) -> Vec<&'static str> {
+        self.on.iter().map(|c| c.as_str()).collect()
+    }
+
     pub fn read(section: Option<ObjectReader<'_>>) -> ConfigResult<RetryConfig> {
         let defaults = RetryConfig::default();
         let Some(mut r) = section else {
