@@ -125,6 +125,15 @@ ROUTER = {
 }
 
 
+READ_WHOLE_BODY = {
+    "name": "envoy.filters.http.buffer",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 1048576,
+    },
+}
+
+
 def listener(name, filters, route_action):
     return {
         "name": name,
@@ -280,7 +289,11 @@ def run_throughput(work, args):
         listener("noop", [wasm_filter("noop", NOOP_WASM, "noop", "")], to_backend),
         listener("filtered", [wasm_filter("resetguard", WASM, "resetguard", {})], to_backend),
         listener("keyed", [wasm_filter("resetguard-keyed", WASM, "resetguard", KEYED_CONFIG)], to_backend),
-        listener("backend", [], {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}),
+        # The buffer filter makes the backend read a POST's whole body before it answers: a
+        # direct_response sent before the body arrives closes the upstream connection, and every
+        # POST would then pay a new connection (measured: 12,697 connections for 12,697 POSTs).
+        listener("backend", [READ_WHOLE_BODY],
+                 {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}),
     ]
     # The backend listener's port is only known once Envoy runs: bind a fixed free port for it.
     backend_port = free_port()
