@@ -129,11 +129,7 @@ impl HttpFilter {
         let phase = (result == Outcome::ClientAbort)
             .then(|| AbortPhase::of(self.request_complete, self.response));
         if let Some(phase) = phase {
-            shared.metrics.inc(match phase {
-                AbortPhase::BeforeRequestComplete => Counter::ClientAbortBeforeRequestComplete,
-                AbortPhase::AwaitingUpstream => Counter::ClientAbortAwaitingUpstream,
-                AbortPhase::DuringResponse => Counter::ClientAbortDuringResponse,
-            });
+            shared.metrics.inc(phase.counter());
         }
         let abort = &shared.config.client_abort;
         if abort.filter_state {

@@ -181,6 +181,16 @@ impl AbortPhase {
         }
     }
 
+    /// The counter this phase of client abort is counted under.
+    pub fn counter(self) -> crate::metrics::Counter {
+        use crate::metrics::Counter;
+        match self {
+            AbortPhase::BeforeRequestComplete => Counter::ClientAbortBeforeRequestComplete,
+            AbortPhase::AwaitingUpstream => Counter::ClientAbortAwaitingUpstream,
+            AbortPhase::DuringResponse => Counter::ClientAbortDuringResponse,
+        }
+    }
+
     /// The reason given in the log line.
     pub fn describe(self) -> &'static str {
         match self {
