@@ -37,8 +37,5 @@ def test_debug_lines_appear_after_the_admin_raises_the_level(envoy_factory, upst
     time.sleep(2.5)  # one tick of the root context
     mark = envoy.log_mark()
     _abort(envoy, upstream, "loud")
-    deadline = time.time() + 3
-    while not _abort_lines(envoy, mark, "loud") and time.time() < deadline:
-        time.sleep(0.1)
-    lines = _abort_lines(envoy, mark, "loud")
+    lines = envoy.wait_for(lambda: _abort_lines(envoy, mark, "loud"), timeout=3)
     assert len(lines) == 1 and "[debug]" in lines[0], envoy.log_tail()
