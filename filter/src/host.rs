@@ -206,8 +206,8 @@ pub fn buffer(
 }
 
 /// A header map, read in place from the host's serialized buffer: iterating copies nothing.
-/// Prefer it to `header_pairs` on the request path: a copy per name and value costs about 1,300
-/// wasm instructions per header (bench/fuel-baseline.json), more than the host call itself.
+/// Copy only what must outlive the buffer: a copy per name and value costs about 1,300 wasm
+/// instructions per header (bench/fuel-baseline.json), more than the host call itself.
 pub fn header_map(map: MapType) -> HostResult<HeaderPairs> {
     let mut data = null_mut();
     let mut size = 0usize;
@@ -216,11 +216,6 @@ pub fn header_map(map: MapType) -> HostResult<HeaderPairs> {
     status(code)?;
     let raw = unsafe { take_host_buffer(data, size) };
     HeaderPairs::parse(raw).ok_or(HostError(3))
-}
-
-/// All pairs of a header map as owned copies (values need not be UTF-8).
-pub fn header_pairs(map: MapType) -> HostResult<Vec<(Vec<u8>, Vec<u8>)>> {
-    Ok(header_map(map)?.to_owned_pairs())
 }
 
 pub fn header(map: MapType, name: &str) -> HostResult<Option<Vec<u8>>> {
