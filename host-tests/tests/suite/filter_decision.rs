@@ -157,10 +157,7 @@ fn the_decision_on_a_merged_config_is_what_the_filter_does_on_that_route() {
         .unwrap()
         .unwrap();
     let policy = Policy::new(merged);
-    let mut host = Host::builder()
-        .config(plugin)
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut host = Host::envoy(plugin);
     let request = || {
         Request::new("POST", "/orders")
             .body(b"{}")

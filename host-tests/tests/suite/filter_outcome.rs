@@ -175,10 +175,7 @@ fn a_retriable_503_that_exhausts_its_retries_is_the_upstreams_answer_with_urx() 
 
 #[test]
 fn a_runtime_log_level_change_reaches_the_filter_on_its_next_tick() {
-    let mut host = host_tests::Host::builder()
-        .config(r#"{"client_abort": {"log_level": "debug"}}"#)
-        .start()
-        .unwrap();
+    let mut host = host_tests::Host::envoy(r#"{"client_abort": {"log_level": "debug"}}"#);
     let abort = || Request::get("/").upstream(vec![slow(200)]).abort_after(50);
     let debug_aborts = |host: &host_tests::Host| {
         host.logs_at(LogLevel::Debug)
