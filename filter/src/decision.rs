@@ -23,6 +23,7 @@
 use crate::config::Config;
 use crate::idempotency::key::{parse_key, KeyError};
 use crate::idempotency::scope::RequestHead;
+use crate::idempotency::store::IdempotencyStore;
 use crate::idempotency::verdict::{Judgement, Verdict};
 use crate::idempotency::Idempotency;
 use crate::retry_policy::{is_client_retry_control, RetryPlan, RetryPolicy, RetrySafety};
@@ -37,12 +38,18 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Keys are checked, not deduped (no store): what the CLI explains.
     pub fn new(config: Config) -> Policy {
+        Policy::with_store(config, None)
+    }
+
+    /// With `store`, valid keys are deduped through it (the filter, once the store is open).
+    pub fn with_store(config: Config, store: Option<Box<dyn IdempotencyStore>>) -> Policy {
         let retry = RetryPolicy::new(&config.retry);
         let idempotency = config
             .idempotency
             .enabled
-            .then(|| Idempotency::new(config.idempotency.clone(), None));
+            .then(|| Idempotency::new(config.idempotency.clone(), store));
         Policy {
             config,
             retry,

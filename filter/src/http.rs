@@ -2,7 +2,7 @@
 //! idempotency layer, and classifies how the stream ended.
 
 use crate::config::AbortLogLevel;
-use crate::decision::{self, Arming, Decision, KeyDecision};
+use crate::decision::{self, Arming, Decision, KeyDecision, Policy};
 use crate::host::{self, MapType};
 use crate::keyed_stream::{self, KeyedStream};
 use crate::logger;
@@ -49,14 +49,14 @@ impl HttpFilter {
                 return Action::Continue;
             }
         };
-        let decision = decision::decide(shared.policy(), headers.iter(), end_of_stream);
+        let decision = decision::decide(shared.policy.as_ref(), headers.iter(), end_of_stream);
         for name in decision.stripped() {
             if let Err(e) = host::remove_header(MapType::RequestHeaders, name) {
                 shared.metrics.inc(Counter::HostErrors);
                 log::debug!("resetguard: cannot strip a client retry header ({e})");
             }
         }
-        let action = match (&decision.key, shared.idempotency.as_ref()) {
+        let action = match (&decision.key, shared.policy.idempotency.as_ref()) {
             (KeyDecision::Refused { judgement, .. }, _) => {
                 keyed_stream::refuse(judgement.clone(), &shared.metrics)
             }
@@ -131,7 +131,7 @@ impl HttpFilter {
         if let Some(phase) = phase {
             shared.metrics.inc(phase.counter());
         }
-        let abort = &shared.config.client_abort;
+        let abort = &shared.policy.config.client_abort;
         if abort.filter_state {
             publish_outcome(result, phase);
         }
@@ -197,9 +197,12 @@ impl HttpContext for HttpFilter {
         match (self.shared.as_deref(), self.keyed.as_mut()) {
             (
                 Some(Shared {
-                    idempotency: Some(idem),
+                    policy:
+                        Policy {
+                            idempotency: Some(idem),
+                            ..
+                        },
                     metrics,
-                    ..
                 }),
                 Some(keyed),
             ) => keyed.on_request_body(idem, body_size, end_of_stream, metrics),
@@ -212,9 +215,12 @@ impl HttpContext for HttpFilter {
         match (self.shared.as_deref(), self.keyed.as_mut()) {
             (
                 Some(Shared {
-                    idempotency: Some(idem),
+                    policy:
+                        Policy {
+                            idempotency: Some(idem),
+                            ..
+                        },
                     metrics,
-                    ..
                 }),
                 Some(keyed),
             ) => keyed.on_request_trailers(idem, metrics),
@@ -243,7 +249,7 @@ impl HttpContext for HttpFilter {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.response.ended |= end_of_stream;
         if let (Some(keyed), Some(shared)) = (self.keyed.as_mut(), self.shared.as_ref()) {
-            if let Some(idem) = &shared.idempotency {
+            if let Some(idem) = &shared.policy.idempotency {
                 keyed.on_response_body(idem, body_size);
             }
         }
@@ -260,7 +266,7 @@ impl HttpContext for HttpFilter {
 
     fn on_log(&mut self) {
         if let Some(shared) = self.shared.clone() {
-            if let (Some(keyed), Some(idem)) = (self.keyed.as_mut(), &shared.idempotency) {
+            if let (Some(keyed), Some(idem)) = (self.keyed.as_mut(), &shared.policy.idempotency) {
                 keyed.on_log(idem, self.response.ended, &shared.metrics);
             }
             self.report_outcome(&shared);

@@ -1,15 +1,14 @@
 //! The root context: validates the plugin configuration and hands it to every HTTP stream.
 
 use crate::config::{self, Config, IdempotencyConfig};
-use crate::decision::PolicyRef;
+use crate::decision::Policy;
 use crate::host::{self, BufferType};
 use crate::http::HttpFilter;
+use crate::idempotency;
 use crate::idempotency::shared_kv::HostKv;
 use crate::idempotency::store::{IdempotencyStore, ShardedStore, SEED_LEN};
-use crate::idempotency::{self, Idempotency};
 use crate::logger;
 use crate::metrics::{Counter, Metrics};
-use crate::retry_policy::RetryPolicy;
 use crate::route_policy::RouteOverrides;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -18,39 +17,22 @@ use std::rc::Rc;
 
 /// Everything a stream needs: the plugin's policy, or a route's effective policy.
 pub struct Shared {
-    pub config: Config,
-    pub retry: RetryPolicy,
+    pub policy: Policy,
     pub metrics: Metrics,
-    /// `None` unless the `idempotency` section enables it.
-    pub idempotency: Option<Idempotency>,
 }
 
 impl Shared {
-    /// What the request decision reads.
-    pub fn policy(&self) -> PolicyRef<'_> {
-        PolicyRef {
-            config: &self.config,
-            retry: &self.retry,
-            idempotency: self.idempotency.as_ref(),
-        }
-    }
-
     /// A route's effective policy. Its store settings equal the plugin's (an override cannot
     /// change them), so it opens the same store, already created at configure time.
     pub fn for_route(&self, config: Config) -> Shared {
-        let store_open = self.idempotency.as_ref().is_some_and(|i| i.store.is_some());
-        let idempotency = config.idempotency.enabled.then(|| {
-            let store = store_open.then(|| {
-                let limits = idempotency::store_limits(&config.idempotency);
-                Box::new(ShardedStore::new(HostKv, limits)) as Box<dyn IdempotencyStore>
-            });
-            Idempotency::new(config.idempotency.clone(), store)
+        let store_open = (self.policy.idempotency.as_ref()).is_some_and(|i| i.store.is_some());
+        let store = (store_open && config.idempotency.enabled).then(|| {
+            let limits = idempotency::store_limits(&config.idempotency);
+            Box::new(ShardedStore::new(HostKv, limits)) as Box<dyn IdempotencyStore>
         });
         Shared {
-            retry: RetryPolicy::new(&config.retry),
-            config,
+            policy: Policy::with_store(config, store),
             metrics: self.metrics.clone(),
-            idempotency,
         }
     }
 }
@@ -126,9 +108,9 @@ impl RootContext for Root {
             config.retry.on_names(),
             config.retry.idempotent_methods,
         );
-        let idempotency = if config.idempotency.enabled {
-            match open_idempotency(&config.idempotency) {
-                Ok(idempotency) => Some(idempotency),
+        let store = if config.idempotency.enabled {
+            match open_store(&config.idempotency) {
+                Ok(store) => store,
                 Err(e) => {
                     log::error!("resetguard: {e}");
                     metrics.inc(Counter::ConfigRejected);
@@ -138,12 +120,9 @@ impl RootContext for Root {
         } else {
             None
         };
-        let retry = RetryPolicy::new(&config.retry);
         let base = Rc::new(Shared {
-            config,
-            retry,
+            policy: Policy::with_store(config, store),
             metrics: metrics.clone(),
-            idempotency,
         });
         self.plugin = Some(Rc::new(Plugin {
             base,
@@ -168,8 +147,9 @@ impl RootContext for Root {
 }
 
 /// Opens the shared store (creating its seed and shards before any traffic) and logs one line
-/// describing the idempotency setup. Fails only when `require_store` is set and there is no store.
-fn open_idempotency(config: &IdempotencyConfig) -> Result<Idempotency, String> {
+/// describing the idempotency setup: `None` when the host has no shared data (keys are then only
+/// checked). Fails only when `require_store` is set and there is no store.
+fn open_store(config: &IdempotencyConfig) -> Result<Option<Box<dyn IdempotencyStore>>, String> {
     let store = ShardedStore::new(HostKv, idempotency::store_limits(config));
     let mut seed = [0u8; SEED_LEN];
     let opened = getrandom::fill(&mut seed)
@@ -203,7 +183,7 @@ fn open_idempotency(config: &IdempotencyConfig) -> Result<Idempotency, String> {
                 config.max_response_body_bytes,
                 config.when_full,
             );
-            Ok(Idempotency::new(config.clone(), Some(Box::new(store))))
+            Ok(Some(Box::new(store)))
         }
         Err(why) if config.require_store => Err(format!(
             "invalid plugin configuration at `idempotency.require_store`: dedupe needs a store, \
@@ -214,7 +194,7 @@ fn open_idempotency(config: &IdempotencyConfig) -> Result<Idempotency, String> {
                 "resetguard: idempotency on: {summary} store=unavailable: {why}; keys are \
                  checked (400) but requests are not deduped or replayed (no 409/422)"
             );
-            Ok(Idempotency::new(config.clone(), None))
+            Ok(None)
         }
     }
 }
