@@ -1,6 +1,6 @@
 //! The `client_abort` section: how a downstream disconnect is reported.
 
-use super::reader::{error, ConfigResult, ObjectReader};
+use super::reader::{ConfigResult, ObjectReader};
 
 /// The level of the one log line written per client abort. Never warn or error: a client that
 /// went away is normal traffic. Debug by default: at Envoy's usual info level an abort costs no
@@ -35,19 +35,15 @@ impl ClientAbortConfig {
         let Some(mut r) = section else {
             return Ok(defaults);
         };
-        let path = r.child_path("log_level");
-        let log_level = match r.string("log_level")? {
-            None => defaults.log_level,
-            Some("off") => AbortLogLevel::Off,
-            Some("debug") => AbortLogLevel::Debug,
-            Some("info") => AbortLogLevel::Info,
-            Some(other) => {
-                return Err(error(
-                    &path,
-                    format!("one of off, debug, info, got {other:?}"),
-                ))
-            }
-        };
+        let log_level = r.one_of(
+            "log_level",
+            defaults.log_level,
+            &[
+                ("off", AbortLogLevel::Off),
+                ("debug", AbortLogLevel::Debug),
+                ("info", AbortLogLevel::Info),
+            ],
+        )?;
         let filter_state = r.bool("filter_state", defaults.filter_state)?;
         r.finish()?;
         Ok(ClientAbortConfig {

@@ -98,17 +98,14 @@ impl IdempotencyConfig {
             return Ok(defaults);
         };
         let enabled = r.bool("enabled", true)?;
-        let mode_path = r.child_path("mode");
-        let mode = match r.string("mode")? {
-            None | Some("enforce") => IdempotencyMode::Enforce,
-            Some("report") => IdempotencyMode::Report,
-            Some(other) => {
-                return Err(error(
-                    &mode_path,
-                    format!("one of enforce, report, got {other:?}"),
-                ))
-            }
-        };
+        let mode = r.one_of(
+            "mode",
+            IdempotencyMode::Enforce,
+            &[
+                ("enforce", IdempotencyMode::Enforce),
+                ("report", IdempotencyMode::Report),
+            ],
+        )?;
         let required_methods = r
             .array("required_methods", read_method)?
             .unwrap_or(defaults.required_methods);
@@ -141,30 +138,24 @@ impl IdempotencyConfig {
         let max_entries_path = r.child_path("max_entries");
         let max_entries = r.integer("max_entries", 10_000, 1, MAX_ENTRIES_LIMIT)?;
         let shards = r.integer("shards", 64, 1, SHARDS_LIMIT)? as u32;
-        let full_path = r.child_path("when_full");
-        let when_full = match r.string("when_full")? {
-            None | Some("reject") => WhenFull::Reject,
-            Some("pass_through") => WhenFull::PassThrough,
-            Some(other) => {
-                return Err(error(
-                    &full_path,
-                    format!("one of reject, pass_through, got {other:?}"),
-                ))
-            }
-        };
+        let when_full = r.one_of(
+            "when_full",
+            WhenFull::Reject,
+            &[
+                ("reject", WhenFull::Reject),
+                ("pass_through", WhenFull::PassThrough),
+            ],
+        )?;
         let retry_keyed_requests = r.bool("retry_keyed_requests", false)?;
         let require_store = r.bool("require_store", false)?;
-        let unknown_path = r.child_path("unknown_outcome");
-        let unknown_outcome = match r.string("unknown_outcome")? {
-            None | Some("release") => UnknownOutcome::Release,
-            Some("complete") => UnknownOutcome::Complete,
-            Some(other) => {
-                return Err(error(
-                    &unknown_path,
-                    format!("one of release, complete, got {other:?}"),
-                ))
-            }
-        };
+        let unknown_outcome = r.one_of(
+            "unknown_outcome",
+            UnknownOutcome::Release,
+            &[
+                ("release", UnknownOutcome::Release),
+                ("complete", UnknownOutcome::Complete),
+            ],
+        )?;
         r.finish()?;
         let config = IdempotencyConfig {
             enabled,

@@ -110,6 +110,29 @@ impl<'a> ObjectReader<'a> {
         }
     }
 
+    /// One of the named `options` (listed in that order when the value is none of them).
+    pub fn one_of<T: Copy>(
+        &mut self,
+        key: &'static str,
+        default: T,
+        options: &[(&str, T)],
+    ) -> ConfigResult<T> {
+        let path = self.child_path(key);
+        let Some(name) = self.string(key)? else {
+            return Ok(default);
+        };
+        match options.iter().find(|(option, _)| *option == name) {
+            Some((_, value)) => Ok(*value),
+            None => {
+                let names: Vec<&str> = options.iter().map(|(option, _)| *option).collect();
+                Err(error(
+                    &path,
+                    format!("one of {}, got {name:?}", names.join(", ")),
+                ))
+            }
+        }
+    }
+
     pub fn string(&mut self, key: &'static str) -> ConfigResult<Option<&'a str>> {
         let path = self.child_path(key);
         match self.take(key) {
@@ -211,6 +234,23 @@ mod tests {
             "an integer from 0 to 10, got 11"
         );
         assert!(r.integer("f", 0, 0, 10).is_err());
+    }
+
+    #[test]
+    fn one_of_reads_a_named_option_or_lists_them_all() {
+        let v = json!({"a": "report", "b": "loud", "c": 1});
+        let mut r = ObjectReader::new("$", &v).unwrap();
+        let options = [("enforce", 1), ("report", 2)];
+        assert_eq!(r.one_of("a", 0, &options).unwrap(), 2);
+        assert_eq!(r.one_of("absent", 0, &options).unwrap(), 0);
+        assert_eq!(
+            r.one_of("b", 0, &options).unwrap_err().to_string(),
+            "invalid plugin configuration at `b`: one of enforce, report, got \"loud\""
+        );
+        assert_eq!(
+            r.one_of("c", 0, &options).unwrap_err().expected,
+            "a string, got a number"
+        );
     }
 
     #[test]
