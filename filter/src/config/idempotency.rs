@@ -100,7 +100,7 @@ impl IdempotencyConfig {
         let enabled = r.bool("enabled", true)?;
         let mode = r.one_of(
             "mode",
-            IdempotencyMode::Enforce,
+            defaults.mode,
             &[
                 ("enforce", IdempotencyMode::Enforce),
                 ("report", IdempotencyMode::Report),
@@ -117,40 +117,50 @@ impl IdempotencyConfig {
             None => defaults.header,
             Some(name) => header_name(&header_path, name)?,
         };
-        let max_key_length = r.integer("max_key_length", 255, 1, MAX_KEY_LENGTH_LIMIT)? as usize;
+        let max_key_length = r.integer(
+            "max_key_length",
+            defaults.max_key_length as u64,
+            1,
+            MAX_KEY_LENGTH_LIMIT,
+        )? as usize;
         let scope_headers = r
             .array("scope_headers", |p, v| header_name(p, read_string(p, v)?))?
             .unwrap_or(defaults.scope_headers);
         let max_request_body_bytes = r.integer(
             "max_request_body_bytes",
-            1024 * 1024,
+            defaults.max_request_body_bytes as u64,
             0,
             MAX_REQUEST_BODY_LIMIT,
         )? as usize;
         let max_response_body_bytes = r.integer(
             "max_response_body_bytes",
-            64 * 1024,
+            defaults.max_response_body_bytes as u64,
             0,
             MAX_RESPONSE_BODY_LIMIT,
         )? as usize;
-        let ttl_seconds = r.integer("ttl_seconds", 86_400, 1, TTL_LIMIT_SECONDS)?;
-        let lock_timeout_ms = r.integer("lock_timeout_ms", 30_000, 100, LOCK_TIMEOUT_LIMIT_MS)?;
+        let ttl_seconds = r.integer("ttl_seconds", defaults.ttl_seconds, 1, TTL_LIMIT_SECONDS)?;
+        let lock_timeout_ms = r.integer(
+            "lock_timeout_ms",
+            defaults.lock_timeout_ms,
+            100,
+            LOCK_TIMEOUT_LIMIT_MS,
+        )?;
         let max_entries_path = r.child_path("max_entries");
-        let max_entries = r.integer("max_entries", 10_000, 1, MAX_ENTRIES_LIMIT)?;
-        let shards = r.integer("shards", 64, 1, SHARDS_LIMIT)? as u32;
+        let max_entries = r.integer("max_entries", defaults.max_entries, 1, MAX_ENTRIES_LIMIT)?;
+        let shards = r.integer("shards", u64::from(defaults.shards), 1, SHARDS_LIMIT)? as u32;
         let when_full = r.one_of(
             "when_full",
-            WhenFull::Reject,
+            defaults.when_full,
             &[
                 ("reject", WhenFull::Reject),
                 ("pass_through", WhenFull::PassThrough),
             ],
         )?;
-        let retry_keyed_requests = r.bool("retry_keyed_requests", false)?;
-        let require_store = r.bool("require_store", false)?;
+        let retry_keyed_requests = r.bool("retry_keyed_requests", defaults.retry_keyed_requests)?;
+        let require_store = r.bool("require_store", defaults.require_store)?;
         let unknown_outcome = r.one_of(
             "unknown_outcome",
-            UnknownOutcome::Release,
+            defaults.unknown_outcome,
             &[
                 ("release", UnknownOutcome::Release),
                 ("complete", UnknownOutcome::Complete),
