@@ -157,7 +157,12 @@ impl RetryConfig {
         let idempotent_methods = r
             .array("idempotent_methods", read_method)?
             .unwrap_or(defaults.idempotent_methods);
-        let per_try_timeout_ms = r.integer("per_try_timeout_ms", 0, 0, PER_TRY_TIMEOUT_LIMIT_MS)?;
+        let per_try_timeout_ms = r.integer(
+            "per_try_timeout_ms",
+            defaults.per_try_timeout_ms,
+            0,
+            PER_TRY_TIMEOUT_LIMIT_MS,
+        )?;
         let retriable_status_codes = r
             .array("retriable_status_codes", |p, v| {
                 read_integer(p, v, 100, 599).map(|n| n as u16)
