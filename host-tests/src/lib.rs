@@ -1,5 +1,6 @@
 //! A mock proxy-wasm host on wasmtime that loads the built resetguard `.wasm` and drives it the
-//! way Envoy 1.40 does (see shared/envoy-facts.md), with Kong- and APISIX-like profiles.
+//! way Envoy 1.40 does (each modelled behaviour is pinned by a test in
+//! `tests/suite/host_envoy.rs` and checked against the real Envoy by `envoy/tests`), with Kong- and APISIX-like profiles.
 //!
 //! `Host` holds the process (workers, shared data, metrics, clock, log); `Vm` one worker's
 //! instance; `exchange` plays a stream (`request_side`, the `router` model, `response_side`); `scenario`

@@ -3,7 +3,7 @@
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Profile {
-    /// Envoy 1.40 with the V8 runtime (facts in shared/envoy-facts.md).
+    /// Envoy 1.40 with the V8 runtime (its modelled behaviours are pinned in `tests/suite/host_envoy.rs`).
     Envoy,
     /// Kong's ngx_wasm_module: shared data and ticks, no Envoy stream-info properties.
     Kong,

@@ -1,4 +1,4 @@
-//! Client aborts (issue 6): a client that leaves is counted by phase, logged at
+//! Client aborts: a client that leaves is counted by phase, logged at
 //! `client_abort.log_level` (debug by default, never warn/error), published for access logs, and
 //! releases or completes its idempotency claim the way `unknown_outcome` says — on every host
 //! profile, with and without a key.

@@ -1,4 +1,5 @@
-//! Envoy semantics the host must reproduce (shared/envoy-facts.md), with hand-written modules.
+//! Envoy semantics the host must reproduce, as measured on Envoy 1.40 (the real-Envoy suite in
+//! `envoy/tests` checks the filter against the same behaviours), with hand-written modules.
 
 use crate::wat::{handed, pairs, start, u32_at, IMPORTS};
 use host_tests::callout::{RESET_BODY, TIMEOUT_BODY};

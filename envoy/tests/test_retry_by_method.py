@@ -1,4 +1,4 @@
-"""Issue 2 acceptance, against the real Envoy: method-aware retry on reset.
+"""Against the real Envoy: method-aware retry on reset.
 
 Retry budget: the filter's default `retry.max_retries` is 2, so "reset twice then 200" is exactly
 at the limit (3 attempts); the case also runs with max_retries 3 as in the issue text.

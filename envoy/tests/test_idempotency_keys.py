@@ -1,4 +1,4 @@
-"""Issue 5, the real-Envoy proofs of the Idempotency-Key contract (Envoy --concurrency 2).
+"""The real-Envoy proofs of the Idempotency-Key contract (Envoy --concurrency 2).
 
 Names of config fields, headers and problem types are data below, so a contract rename is a
 one-line change.
@@ -88,7 +88,7 @@ def test_20_concurrent_posts_one_key_execute_once(keyed_envoy, upstream):
     assert len(originals) + len(replays) + len(conflicts) == 20, [(r.status, r.error) for r in results]
     assert all(r.header("retry-after") for r in conflicts)
     assert all(r.body == b'{"paid":true}' for r in replays)
-    print(f"\n[issue 5] 20 concurrent POSTs, one key: 1 execution, {len(replays)} replays, "
+    print(f"\n[idempotency] 20 concurrent POSTs, one key: 1 execution, {len(replays)} replays, "
           f"{len(conflicts)} x {STATUS_IN_FLIGHT}")
 
 
@@ -192,8 +192,8 @@ def test_100k_distinct_keys_memory_stays_bounded(keyed_envoy, upstream):
                "rss_after_kib": rss_after, "growth_mib": round(growth / 2**20, 1),
                "bound_mib": round(bound / 2**20, 1), "max_entries": MAX_ENTRIES,
                "seconds": round(time.monotonic() - t0, 1), "admin_memory": envoy.memory()}
-    record("issue5_100k_keys_memory", figures)
-    print(f"\n[issue 5] 100k distinct keys: {json.dumps(figures)}")
+    record("idempotency.100k_keys_memory", figures)
+    print(f"\n[idempotency] 100k distinct keys: {json.dumps(figures)}")
     assert sent == DISTINCT_KEYS and sum(o["errors"] for o in outs) == 0, outs
     assert envoy.alive()
     assert growth <= bound, figures

@@ -1,4 +1,4 @@
-"""Issue 4: the "confirm it's fixed" suite for ECONNRESET, against the real Envoy.
+"""The "confirm it's fixed" suite for ECONNRESET, against the real Envoy.
 
 1. 1,000 GETs, 10% of requests reset before responding -> 0 client errors, attempts recorded.
 2. Idle then fire (stale keep-alive race at T=500 ms, cluster idle timeout 60 s): 30 GETs and 30

@@ -1,4 +1,4 @@
-"""Issue 6, client aborts against a real Envoy 1.40: 1,000 clients that leave mid-request in the
+"""Client aborts against a real Envoy 1.40: 1,000 clients that leave mid-request in the
 three phases (request still arriving, waiting for the upstream, during the response body), the
 idempotency claims of keyed requests whose client left, and the access-log format the README
 documents.
@@ -158,7 +158,7 @@ LEAVE = {"before_request_complete": leave_before_request_complete,
 
 def _start_envoy(run_dir, upstream, plugin_config, access_log_format: Optional[str] = None):
     e = Envoy(plugin_config=plugin_config, upstream_port=upstream.port, concurrency=2,
-              run_dir=run_dir, name="issue6")
+              run_dir=run_dir, name="aborts")
     if access_log_format is not None:
         e.config_text = re.sub(r'inline_string: ".*"', lambda _: "inline_string: "
                                + _yaml_quoted(access_log_format), e.config_text, count=1)
@@ -263,7 +263,7 @@ def test_1000_clients_that_leave_are_client_aborts_and_start_no_upstream_work(
             code = "200" if l.phase == "during_response" else "0"
             assert line.startswith(f"{code} DC client_abort code=499 abort_phase={l.phase} "), line
         elapsed = time.monotonic() - t0
-        record("issue6.aborts_1000", {
+        record("client_aborts.aborts_1000", {
             "aborts": ABORTS, "by_phase": by_phase,
             "outcome.client_abort": delta.get("resetguard.outcome.client_abort"),
             "upstream_attempts_in_flight_at_abort": in_flight,
@@ -271,7 +271,7 @@ def test_1000_clients_that_leave_are_client_aborts_and_start_no_upstream_work(
             "upstream_rq_total": stats.get("cluster.upstream.upstream_rq_total", 0),
             "upstream_rq_retry_incl_control": stats.get("cluster.upstream.upstream_rq_retry", 0),
             "clients_s": round(clients_s, 2), "elapsed_s": round(elapsed, 2)})
-        print(f"[issue6] {ABORTS} aborts in {clients_s:.1f}s (test {elapsed:.1f}s): {by_phase}; "
+        print(f"[client aborts] {ABORTS} aborts in {clients_s:.1f}s (test {elapsed:.1f}s): {by_phase}; "
               f"upstream attempts in flight at the abort {in_flight}, router retries "
               f"{stats.get('cluster.upstream.upstream_rq_retry', 0)} (the control's)")
     finally:
@@ -352,7 +352,7 @@ def test_a_keyed_client_that_left_is_not_stuck_behind_its_claim(run_dir, abort_u
         delta = counters_delta(before, envoy.filter_counters())
         assert "resetguard.idempotency.in_flight_conflicts" not in delta, delta
         assert delta.get("resetguard.outcome.client_abort") == 3, delta
-        record(f"issue6.keyed_aborts.{unknown_outcome}", results)
+        record(f"client_aborts.keyed_aborts.{unknown_outcome}", results)
     finally:
         envoy.stop()
 
@@ -380,7 +380,7 @@ def test_the_readme_access_log_format_prints_the_abort(run_dir, abort_upstream):
             assert " DC downstream_remote_disconnect " in line, line
         fine = next(l for l in lines if "/fine" in l)
         assert " 200 - via_upstream outcome=- code=- abort_phase=- " in fine, fine
-        record("issue6.access_log_format", {"format": _readme_format().strip(),
+        record("client_aborts.access_log_format", {"format": _readme_format().strip(),
                                             "lines": lines[:4]})
     finally:
         envoy.stop()
