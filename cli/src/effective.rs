@@ -4,11 +4,11 @@
 //! The structs are destructured without `..`: a field added to the filter's config types does not
 //! compile here until it is rendered, and the schema drift test then checks it against the schema.
 
-use resetguard::config::{
+use resetguard_core::config::{
     AbortLogLevel, ClientAbortConfig, Config, IdempotencyConfig, IdempotencyMode, RetryConfig,
     UnknownOutcome, WhenFull,
 };
-use resetguard::retry_policy::{RetryPolicy, RetrySafety};
+use resetguard_core::retry_policy::{RetryPolicy, RetrySafety};
 use serde_json::{json, Value};
 
 pub fn config_json(config: &Config) -> Value {

@@ -4,14 +4,14 @@
 use crate::discover::{self, FoundRoute};
 
 use crate::validate::parse_all_errors;
-use resetguard::config::route_override::RouteOverride;
-use resetguard::config::{Config, IdempotencyMode};
-use resetguard::decision::{
+use resetguard_core::config::route_override::RouteOverride;
+use resetguard_core::config::{Config, IdempotencyMode};
+use resetguard_core::decision::{
     decide, Arming, Decision, Exemption, KeyDecision, Policy, PolicyRef, Refusal,
 };
-use resetguard::idempotency::verdict::Verdict;
-use resetguard::metrics::Counter;
-use resetguard::retry_policy::RetrySafety;
+use resetguard_core::idempotency::verdict::Verdict;
+use resetguard_core::counter::Counter;
+use resetguard_core::retry_policy::RetrySafety;
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -338,8 +338,8 @@ fn key_lines(out: &mut String, d: &Decision<'_, '_>, policy: PolicyRef<'_>, requ
             }
             let _ = writeln!(out, "store:     deduped through the shared store: a completed key replays its response (Idempotent-Replayed: true); the same key in flight gets 409, with another body 422; a full store {}",
                 match idem.config.when_full {
-                    resetguard::config::WhenFull::Reject => "503",
-                    resetguard::config::WhenFull::PassThrough => "passes the request through unprotected",
+                    resetguard_core::config::WhenFull::Reject => "503",
+                    resetguard_core::config::WhenFull::PassThrough => "passes the request through unprotected",
                 });
             if !request.end_of_stream {
                 let _ = writeln!(out, "body:      buffered and fingerprinted (up to {} bytes) before the store is asked", idem.config.max_request_body_bytes);

@@ -12,14 +12,14 @@ pub const SCHEMA: &str = include_str!("../../schema/resetguard.schema.json");
 
 /// A serde_json value (what the CLI reads JSON and YAML into) as the filter's own JSON value
 /// (what `Config::parse_value` and `RouteOverride` take): the same tree, object keys sorted.
-pub fn filter_json(value: &serde_json::Value) -> resetguard::json::Value {
-    use resetguard::json::{Object, Value};
+pub fn filter_json(value: &serde_json::Value) -> resetguard_core::json::Value {
+    use resetguard_core::json::{Object, Value};
     match value {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(*b),
         // serde_json writes every number it holds as JSON, which the filter reads back as is.
         serde_json::Value::Number(n) => {
-            resetguard::json::parse(n.to_string().as_bytes()).unwrap_or(Value::Null)
+            resetguard_core::json::parse(n.to_string().as_bytes()).unwrap_or(Value::Null)
         }
         serde_json::Value::String(s) => Value::String(s.clone()),
         serde_json::Value::Array(items) => Value::Array(items.iter().map(filter_json).collect()),

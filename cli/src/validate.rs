@@ -5,8 +5,8 @@
 use crate::discover::{self, FoundConfig, FoundRoute};
 use crate::document::{child_key, Document};
 use crate::effective::policy_lines;
-use resetguard::config::route_override::RouteOverride;
-use resetguard::config::{Config, ConfigError};
+use resetguard_core::config::route_override::RouteOverride;
+use resetguard_core::config::{Config, ConfigError};
 use serde_json::Value;
 use std::fmt::Write as _;
 

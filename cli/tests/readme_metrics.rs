@@ -2,7 +2,7 @@
 //! operator meets: `/stats` (`wasmcustom.` + name) and Prometheus (dots become underscores; the
 //! real-Envoy suite checks that mapping against Envoy's `/stats/prometheus`).
 
-use resetguard::metrics::Counter;
+use resetguard_core::counter::Counter;
 
 fn metrics_section() -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");

@@ -10,8 +10,8 @@
 //!   unknown key: "known settings here: …"), the values of every enum (listed when it meets a bogus
 //!   one: "one of …") and every integer range ("an integer from MIN to MAX") equal the schema's.
 
-use resetguard::config::route_override::{RouteOverride, FIXED_SETTINGS};
-use resetguard::config::Config;
+use resetguard_core::config::route_override::{RouteOverride, FIXED_SETTINGS};
+use resetguard_core::config::Config;
 use resetguard_cli::effective::config_json;
 use resetguard_cli::filter_json;
 use serde_json::{json, Map, Value};

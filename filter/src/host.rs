@@ -15,22 +15,31 @@ impl HostError {
     pub const NOT_FOUND: HostError = HostError(1);
     pub const CAS_MISMATCH: HostError = HostError(8);
     pub const UNIMPLEMENTED: HostError = HostError(12);
+    pub const BAD_ARGUMENT: HostError = HostError(2);
+    pub const SERIALIZATION_FAILURE: HostError = HostError(3);
+    pub const PARSE_FAILURE: HostError = HostError(4);
+    pub const EMPTY: HostError = HostError(7);
+    pub const INTERNAL_FAILURE: HostError = HostError(10);
+
+    /// The status's name in the ABI (for logs and store errors).
+    pub fn name(self) -> &'static str {
+        match self {
+            HostError::NOT_FOUND => "NOT_FOUND",
+            HostError::BAD_ARGUMENT => "BAD_ARGUMENT",
+            HostError::SERIALIZATION_FAILURE => "SERIALIZATION_FAILURE",
+            HostError::PARSE_FAILURE => "PARSE_FAILURE",
+            HostError::EMPTY => "EMPTY",
+            HostError::CAS_MISMATCH => "CAS_MISMATCH",
+            HostError::INTERNAL_FAILURE => "INTERNAL_FAILURE",
+            HostError::UNIMPLEMENTED => "UNIMPLEMENTED",
+            _ => "UNKNOWN",
+        }
+    }
 }
 
 impl std::fmt::Display for HostError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self.0 {
-            1 => "NOT_FOUND",
-            2 => "BAD_ARGUMENT",
-            3 => "SERIALIZATION_FAILURE",
-            4 => "PARSE_FAILURE",
-            7 => "EMPTY",
-            8 => "CAS_MISMATCH",
-            10 => "INTERNAL_FAILURE",
-            12 => "UNIMPLEMENTED",
-            _ => "UNKNOWN",
-        };
-        write!(f, "{name} ({})", self.0)
+        write!(f, "{} ({})", self.name(), self.0)
     }
 }
 
@@ -215,7 +224,7 @@ pub fn header_map(map: MapType) -> HostResult<HeaderPairs> {
     let code = unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
     status(code)?;
     let raw = unsafe { take_host_buffer(data, size) };
-    HeaderPairs::parse(raw).ok_or(HostError(3))
+    HeaderPairs::parse(raw).ok_or(HostError::SERIALIZATION_FAILURE)
 }
 
 pub fn header(map: MapType, name: &str) -> HostResult<Option<Vec<u8>>> {

@@ -2,18 +2,18 @@
 //! body, asks the store, answers or resumes, records the upstream response, and at `on_log`
 //! stores it or releases the key. The decisions themselves live in `idempotency`.
 
-use crate::config::UnknownOutcome;
+use resetguard_core::config::UnknownOutcome;
 use crate::host::{self, BufferType, MapType};
-use crate::idempotency::index::Identity;
-use crate::idempotency::index::Peek;
-use crate::idempotency::recorded::{RecordedResponse, MAX_STORED_HEADER_BYTES};
-use crate::idempotency::scope::{fingerprint, identity, RequestHead};
-use crate::idempotency::store::{Claim, Finish, Report, StoreError, Ticket};
-use crate::idempotency::verdict::{Judgement, Verdict};
-use crate::idempotency::Idempotency;
+use resetguard_core::idempotency::index::Identity;
+use resetguard_core::idempotency::index::Peek;
+use resetguard_core::idempotency::recorded::{RecordedResponse, MAX_STORED_HEADER_BYTES};
+use resetguard_core::idempotency::scope::{fingerprint, identity, RequestHead};
+use resetguard_core::idempotency::store::{Claim, Finish, Report, StoreError, Ticket};
+use resetguard_core::idempotency::verdict::{Judgement, Verdict};
+use resetguard_core::idempotency::Idempotency;
 use crate::logger;
 use crate::metrics::{Counter, Metrics};
-use crate::outcome;
+use resetguard_core::outcome;
 use proxy_wasm::types::Action;
 
 /// `response.code_details` of a response the upstream sent (anything else the proxy made up).
@@ -98,7 +98,7 @@ fn action_of(applied: &Applied) -> Action {
 fn now_ms() -> Result<u64, StoreError> {
     host::now_nanos()
         .map(|ns| ns / 1_000_000)
-        .map_err(|e| StoreError::Unavailable(e.0))
+        .map_err(|e| StoreError::Unavailable(e.name()))
 }
 
 fn count_report<T>(report: &Report<T>, metrics: &Metrics) {
@@ -195,7 +195,7 @@ impl KeyedStream {
     ) -> Action {
         let claim = body.and_then(|body| {
             let fingerprint = fingerprint(&self.seed, &body);
-            let owner = getrandom::u64().map_err(|_| StoreError::Unavailable(0))?;
+            let owner = getrandom::u64().map_err(|_| StoreError::Unavailable("no random source"))?;
             let store = idem.store.as_ref().ok_or(StoreError::NotInitialized)?;
             store.claim(&self.identity, &fingerprint, owner, now_ms()?)
         });
@@ -420,7 +420,7 @@ fn may_have_run() -> bool {
 fn read_request_body(size: usize) -> Result<Vec<u8>, StoreError> {
     match host::buffer(BufferType::RequestBody, 0, size) {
         Ok(body) if body.as_ref().map_or(0, Vec::len) == size => Ok(body.unwrap_or_default()),
-        Ok(_) => Err(StoreError::Unavailable(host::HostError::NOT_FOUND.0)),
-        Err(e) => Err(StoreError::Unavailable(e.0)),
+        Ok(_) => Err(StoreError::Unavailable(host::HostError::NOT_FOUND.name())),
+        Err(e) => Err(StoreError::Unavailable(e.name())),
     }
 }

@@ -1,8 +1,8 @@
 //! Answers the filter sends itself: RFC 9457 problems and idempotent replays.
 
 use crate::host::{self, HostResult};
-use crate::idempotency::problem::{Problem, CONTENT_TYPE};
-use crate::idempotency::recorded::RecordedResponse;
+use resetguard_core::idempotency::problem::{Problem, CONTENT_TYPE};
+use resetguard_core::idempotency::recorded::RecordedResponse;
 
 /// Marks a response served from the idempotency store rather than by the upstream.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";

@@ -1,12 +1,12 @@
 //! The root context: validates the plugin configuration and hands it to every HTTP stream.
 
-use crate::config::{self, Config, IdempotencyConfig};
-use crate::decision::Policy;
+use resetguard_core::config::{self, Config, IdempotencyConfig};
+use resetguard_core::decision::Policy;
 use crate::host::{self, BufferType};
 use crate::http::HttpFilter;
-use crate::idempotency;
-use crate::idempotency::shared_kv::HostKv;
-use crate::idempotency::store::{IdempotencyStore, ShardedStore, SEED_LEN};
+use resetguard_core::idempotency;
+use crate::host_kv::HostKv;
+use resetguard_core::idempotency::store::{IdempotencyStore, ShardedStore, SEED_LEN};
 use crate::logger;
 use crate::metrics::{Counter, Metrics};
 use crate::route_policy::RouteOverrides;
@@ -41,7 +41,7 @@ impl Shared {
 /// onto, and the overrides resolved so far on this worker.
 pub struct Plugin {
     pub base: Rc<Shared>,
-    pub json: crate::json::Value,
+    pub json: resetguard_core::json::Value,
     pub routes: RefCell<RouteOverrides>,
 }
 

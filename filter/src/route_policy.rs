@@ -7,8 +7,8 @@
 //! route and the field, one `resetguard.config.route_override_rejected` — and its route runs
 //! under the plugin configuration.
 
-use crate::config::route_metadata;
-use crate::config::route_override::RouteOverride;
+use resetguard_core::config::route_metadata;
+use resetguard_core::config::route_override::RouteOverride;
 use crate::host::{self, HostError};
 use crate::metrics::Counter;
 use crate::root::{Plugin, Shared};
@@ -16,8 +16,6 @@ use std::rc::Rc;
 
 const ROUTE_METADATA: [&str; 4] = ["xds", "route_metadata", "filter_metadata", "resetguard"];
 const ROUTE_NAME: [&str; 2] = ["xds", "route_name"];
-/// Envoy's answer when a route's metadata holds a value it cannot hand over (a `null`).
-const SERIALIZATION_FAILURE: HostError = HostError(3);
 
 /// Distinct overrides (per worker and configuration) kept parsed. Beyond this many the cache
 /// starts over: correct, but each override is parsed (and, if invalid, reported) again.
@@ -99,7 +97,8 @@ impl Plugin {
     pub fn policy_for_route(&self) -> Option<Rc<Shared>> {
         let raw = match host::property(&ROUTE_METADATA) {
             Ok(Some(raw)) => raw,
-            Err(e) if e == SERIALIZATION_FAILURE => {
+            // Envoy's answer when a route's metadata holds a value it cannot hand over (a `null`).
+            Err(HostError::SERIALIZATION_FAILURE) => {
                 self.report_unreadable();
                 return Some(self.base.clone());
             }

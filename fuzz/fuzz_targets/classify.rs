@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resetguard::config::{Config, RetryConfig, RFC9110_IDEMPOTENT};
-use resetguard::outcome::{classify, decode_u64, flags, parse_status, Outcome, ResponseSeen};
-use resetguard::retry_policy::{is_client_retry_control, RetryPolicy, RetrySafety};
+use resetguard_core::config::{Config, RetryConfig, RFC9110_IDEMPOTENT};
+use resetguard_core::outcome::{classify, decode_u64, flags, parse_status, Outcome, ResponseSeen};
+use resetguard_core::retry_policy::{is_client_retry_control, RetryPolicy, RetrySafety};
 use resetguard_fuzz::Input;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resetguard::config::{Config, MAX_RETRIES_LIMIT};
-use resetguard::idempotency::{scope::KeyScope, store_limits, Idempotency};
-use resetguard::retry_policy::{RetryPolicy, RetrySafety, MAX_RETRIES, RETRY_ON};
+use resetguard_core::config::{Config, MAX_RETRIES_LIMIT};
+use resetguard_core::idempotency::{scope::KeyScope, store_limits, Idempotency};
+use resetguard_core::retry_policy::{RetryPolicy, RetrySafety, MAX_RETRIES, RETRY_ON};
 
 fuzz_target!(|data: &[u8]| {
     let config = match Config::parse(data) {

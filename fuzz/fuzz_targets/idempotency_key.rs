@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resetguard::idempotency::key::{parse_key, KeyError};
+use resetguard_core::idempotency::key::{parse_key, KeyError};
 use resetguard_fuzz::Input;
 
 fuzz_target!(|data: &[u8]| {

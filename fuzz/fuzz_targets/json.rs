@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resetguard::json;
+use resetguard_core::json;
 
 fn has_number(v: &serde_json::Value) -> bool {
     match v {

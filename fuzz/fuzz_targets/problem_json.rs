@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resetguard::config::{IdempotencyMode, WhenFull};
-use resetguard::idempotency::key::KeyError;
-use resetguard::idempotency::problem::Problem;
-use resetguard::idempotency::verdict::{Rules, Verdict};
+use resetguard_core::config::{IdempotencyMode, WhenFull};
+use resetguard_core::idempotency::key::KeyError;
+use resetguard_core::idempotency::problem::Problem;
+use resetguard_core::idempotency::verdict::{Rules, Verdict};
 use resetguard_fuzz::Input;
 
 fn check(problem: Problem, detail: &str) {

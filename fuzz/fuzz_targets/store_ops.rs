@@ -6,9 +6,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resetguard::idempotency::recorded::RecordedResponse;
-use resetguard::idempotency::shared_kv::{MemoryKv, SharedKv};
-use resetguard::idempotency::store::{Claim, IdempotencyStore, ShardedStore, StoreLimits, Ticket};
+use resetguard_core::idempotency::recorded::RecordedResponse;
+use resetguard_core::idempotency::shared_kv::{MemoryKv, SharedKv};
+use resetguard_core::idempotency::store::{Claim, IdempotencyStore, ShardedStore, StoreLimits, Ticket};
 use resetguard_fuzz::Input;
 
 const SHARDS: u32 = 2;

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resetguard::idempotency::index::{Decision, ShardIndex, NO_SLOT};
-use resetguard::idempotency::recorded::{is_stored_header, RecordedResponse};
+use resetguard_core::idempotency::index::{Decision, ShardIndex, NO_SLOT};
+use resetguard_core::idempotency::recorded::{is_stored_header, RecordedResponse};
 use resetguard_fuzz::Input;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,10 +1,10 @@
-//! `resetguard::decision::decide`, run natively on a request, says exactly what the .wasm then
+//! `resetguard_core::decision::decide`, run natively on a request, says exactly what the .wasm then
 //! does with it in the host: the router headers it sets, the client retry headers it strips, and
 //! the status it answers itself. This is what makes `resetguard explain` truthful.
 
 use host_tests::{Host, Profile, Request};
-use resetguard::config::Config;
-use resetguard::decision::{decide, Arming, Policy};
+use resetguard_core::config::Config;
+use resetguard_core::decision::{decide, Arming, Policy};
 
 const CONFIGS: [&str; 6] = [
     "",
@@ -146,11 +146,11 @@ fn the_native_decision_is_what_the_filter_does() {
 /// config (`RouteOverride::apply`) and the filter on that route agree.
 #[test]
 fn the_decision_on_a_merged_config_is_what_the_filter_does_on_that_route() {
-    use resetguard::config::route_override::RouteOverride;
+    use resetguard_core::config::route_override::RouteOverride;
     let plugin = r#"{"retry": {"max_retries": 3}, "idempotency": {}}"#;
     let route = serde_json::json!({"retry": {"on": ["connect-failure"]},
                                    "idempotency": {"mode": "report"}});
-    let filter_json = |text: &str| resetguard::json::parse(text.as_bytes()).unwrap();
+    let filter_json = |text: &str| resetguard_core::json::parse(text.as_bytes()).unwrap();
     let merged = RouteOverride::from_value(&filter_json(&route.to_string()))
         .unwrap()
         .apply(&filter_json(plugin))

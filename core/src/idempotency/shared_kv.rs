@@ -2,7 +2,6 @@
 //! value and a CAS token; `set` with cas 0 writes unconditionally, a non-zero cas must match the
 //! current token; a write to an absent key always succeeds; there is no delete and no listing.
 
-use crate::host::{self, HostError};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -10,8 +9,8 @@ use std::collections::HashMap;
 pub enum KvError {
     /// Someone wrote the key since it was read.
     CasMismatch,
-    /// Any other host status (UNIMPLEMENTED on hosts without shared data).
-    Host(u32),
+    /// The host refused the call (UNIMPLEMENTED on hosts without shared data): the status's name.
+    Unavailable(&'static str),
 }
 
 pub type KvResult<T> = Result<T, KvError>;
@@ -19,24 +18,6 @@ pub type KvResult<T> = Result<T, KvError>;
 pub trait SharedKv {
     fn get(&self, key: &str) -> KvResult<Option<(Vec<u8>, u32)>>;
     fn set(&self, key: &str, value: &[u8], cas: u32) -> KvResult<()>;
-}
-
-/// The proxy's shared data (process-wide per `vm_id`).
-#[derive(Copy, Clone, Debug, Default)]
-pub struct HostKv;
-
-impl SharedKv for HostKv {
-    fn get(&self, key: &str) -> KvResult<Option<(Vec<u8>, u32)>> {
-        host::shared_data(key).map_err(|HostError(code)| KvError::Host(code))
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> KvResult<()> {
-        match host::set_shared_data(key, value, cas) {
-            Ok(()) => Ok(()),
-            Err(HostError::CAS_MISMATCH) => Err(KvError::CasMismatch),
-            Err(HostError(code)) => Err(KvError::Host(code)),
-        }
-    }
 }
 
 /// An in-memory `SharedKv` with Envoy's exact semantics (CAS tokens from one global counter), for
@@ -108,11 +89,11 @@ pub struct NoKv;
 
 impl SharedKv for NoKv {
     fn get(&self, _key: &str) -> KvResult<Option<(Vec<u8>, u32)>> {
-        Err(KvError::Host(HostError::UNIMPLEMENTED.0))
+        Err(KvError::Unavailable("UNIMPLEMENTED"))
     }
 
     fn set(&self, _key: &str, _value: &[u8], _cas: u32) -> KvResult<()> {
-        Err(KvError::Host(HostError::UNIMPLEMENTED.0))
+        Err(KvError::Unavailable("UNIMPLEMENTED"))
     }
 }
 

@@ -327,7 +327,7 @@ impl Decision<'_, '_> {
 mod tests {
     use super::*;
     use crate::idempotency::problem::Problem;
-    use crate::metrics::Counter;
+    use crate::counter::Counter;
     use crate::retry_policy::{MAX_RETRIES, RETRY_ON};
 
     fn policy(json: &str) -> Policy {

@@ -74,8 +74,8 @@ fn init_creates_seed_and_shards_once_and_keeps_them() {
 #[test]
 fn hosts_without_shared_data_are_reported_unavailable() {
     let store = ShardedStore::new(NoKv, LIMITS);
-    assert_eq!(store.init([0; 16]), Err(StoreError::Unavailable(12)));
-    assert_eq!(store.seed(), Err(StoreError::Unavailable(12)));
+    assert_eq!(store.init([0; 16]), Err(StoreError::Unavailable("UNIMPLEMENTED")));
+    assert_eq!(store.seed(), Err(StoreError::Unavailable("UNIMPLEMENTED")));
 }
 
 #[test]
@@ -545,13 +545,13 @@ fn kv_errors_surface_as_store_errors() {
             Ok(Some((Vec::new(), 1)))
         }
         fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), KvError> {
-            Err(KvError::Host(10))
+            Err(KvError::Unavailable("INTERNAL_FAILURE"))
         }
     }
     let store = ShardedStore::new(Failing, LIMITS);
     assert_eq!(
         store.claim(&id(1), &FP, 1, 0),
-        Err(StoreError::Unavailable(10))
+        Err(StoreError::Unavailable("INTERNAL_FAILURE"))
     );
     assert_eq!(store.seed(), Err(StoreError::NotInitialized));
 }

@@ -182,8 +182,8 @@ impl AbortPhase {
     }
 
     /// The counter this phase of client abort is counted under.
-    pub fn counter(self) -> crate::metrics::Counter {
-        use crate::metrics::Counter;
+    pub fn counter(self) -> crate::counter::Counter {
+        use crate::counter::Counter;
         match self {
             AbortPhase::BeforeRequestComplete => Counter::ClientAbortBeforeRequestComplete,
             AbortPhase::AwaitingUpstream => Counter::ClientAbortAwaitingUpstream,

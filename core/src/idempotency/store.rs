@@ -13,8 +13,8 @@ pub const SEED_LEN: usize = 16;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum StoreError {
-    /// The host has no shared data (or refused a call).
-    Unavailable(u32),
+    /// The host has no shared data, or refused a call (the reason, for logs).
+    Unavailable(&'static str),
     /// A key created at start-up is missing or unreadable.
     NotInitialized,
 }
@@ -22,9 +22,9 @@ pub enum StoreError {
 impl From<KvError> for StoreError {
     fn from(e: KvError) -> Self {
         match e {
-            KvError::Host(code) => StoreError::Unavailable(code),
+            KvError::Unavailable(why) => StoreError::Unavailable(why),
             // Only reachable where a CAS is not retried; report it as the host refusing.
-            KvError::CasMismatch => StoreError::Unavailable(8),
+            KvError::CasMismatch => StoreError::Unavailable("CAS_MISMATCH"),
         }
     }
 }

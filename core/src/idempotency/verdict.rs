@@ -7,7 +7,7 @@ use super::problem::Problem;
 use super::recorded::RecordedResponse;
 use super::store::{Claim, StoreError, Ticket};
 use crate::config::{IdempotencyMode, WhenFull};
-use crate::metrics::Counter;
+use crate::counter::Counter;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {

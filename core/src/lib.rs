@@ -1,0 +1,21 @@
+//! resetguard's decision logic, without the proxy: everything here is plain Rust over values the
+//! glue hands in (header pairs, body bytes, the clock, what the host reported at stream end), so
+//! it builds natively and for `wasm32-unknown-unknown`, and is unit tested natively.
+//!
+//! * [`config`]: the plugin JSON contract (strict reader, field paths, defaults, route overrides).
+//! * [`decision`]: what the filter does with a request head (router headers, stripped client
+//!   headers, the key verdict), for the filter and for tools alike.
+//! * [`retry_policy`], [`outcome`]: retry plans per method class; how a stream ended.
+//! * [`idempotency`]: keys, scopes, problems, the stored-response and shard-index codecs, the
+//!   sharded store over any key-value space with Envoy's shared-data semantics.
+//! * [`counter`]: the names of everything the filter counts.
+
+// First: its test-only `json!` macro is used by the modules below.
+#[macro_use]
+pub mod json;
+pub mod config;
+pub mod counter;
+pub mod decision;
+pub mod idempotency;
+pub mod outcome;
+pub mod retry_policy;
