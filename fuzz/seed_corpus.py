@@ -123,7 +123,6 @@ def store_ops():
 
 
 write("config", configs())
-write("json", configs())
 write("idempotency_key", keys())
 write("problem_json", problems())
 write("stored_entries", stored())

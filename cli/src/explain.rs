@@ -6,11 +6,11 @@ use crate::discover::{self, FoundRoute};
 use crate::validate::parse_all_errors;
 use resetguard_core::config::route_override::RouteOverride;
 use resetguard_core::config::{Config, IdempotencyMode};
+use resetguard_core::counter::Counter;
 use resetguard_core::decision::{
     decide, Arming, Decision, Exemption, KeyDecision, Policy, PolicyRef, Refusal,
 };
 use resetguard_core::idempotency::verdict::Verdict;
-use resetguard_core::counter::Counter;
 use resetguard_core::retry_policy::RetrySafety;
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -153,15 +153,15 @@ pub fn effective(
             config: Some(base),
         });
     };
-    let route_override = RouteOverride::from_value(&crate::filter_json(&value))
-        .map_err(|e| format!("route override: {e}"))?;
+    let route_override =
+        RouteOverride::from_value(&&value).map_err(|e| format!("route override: {e}"))?;
     let plugin: Value = if raw.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
         serde_json::from_slice(&raw).map_err(|e| e.to_string())?
     };
     let config = route_override
-        .apply(&crate::filter_json(&plugin))
+        .apply(&&plugin)
         .map_err(|e| format!("route override: {e}"))?;
     Ok(Effective { source, config })
 }

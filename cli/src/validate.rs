@@ -261,7 +261,7 @@ pub fn parse_all_errors(raw: &[u8]) -> Result<Config, Vec<ConfigError>> {
         if !removed.remove(&mut value, &last.path) {
             break;
         }
-        match Config::parse_value(&crate::filter_json(&value)) {
+        match Config::parse_value(&&value) {
             Ok(_) => break,
             Err(mut e) => {
                 e.path = removed.original_path(&e.path);
@@ -419,7 +419,7 @@ fn check_route(
         &child_key(&child_key(&route.path, "metadata"), "filter_metadata"),
         discover::METADATA_NAMESPACE,
     );
-    let route_override = match RouteOverride::from_value(&crate::filter_json(value)) {
+    let route_override = match RouteOverride::from_value(value) {
         Ok(o) => o,
         Err(e) => {
             ctx.error(
@@ -434,7 +434,7 @@ fn check_route(
         let Some(base) = checked.get(i).and_then(Option::as_ref) else {
             continue; // the plugin config itself is invalid (already reported)
         };
-        match route_override.apply(&crate::filter_json(&base.value)) {
+        match route_override.apply(&base.value) {
             Ok(None) => {
                 let _ = writeln!(
                     ctx.out,

@@ -326,8 +326,8 @@ impl Decision<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::idempotency::problem::Problem;
     use crate::counter::Counter;
+    use crate::idempotency::problem::Problem;
     use crate::retry_policy::{MAX_RETRIES, RETRY_ON};
 
     fn policy(json: &str) -> Policy {

@@ -10,9 +10,6 @@
 //!   sharded store over any key-value space with Envoy's shared-data semantics.
 //! * [`counter`]: the names of everything the filter counts.
 
-// First: its test-only `json!` macro is used by the modules below.
-#[macro_use]
-pub mod json;
 pub mod config;
 pub mod counter;
 pub mod decision;

@@ -1,17 +1,17 @@
 //! The per-stream glue: arms router retries on the request, hands keyed requests to the
 //! idempotency layer, and classifies how the stream ended.
 
-use resetguard_core::config::AbortLogLevel;
-use resetguard_core::decision::{self, Arming, Decision, KeyDecision, Policy};
 use crate::host::{self, MapType};
 use crate::keyed_stream::{self, KeyedStream};
 use crate::logger;
 use crate::metrics::Counter;
-use resetguard_core::outcome::{self, AbortPhase, Outcome, ResponseSeen};
-use resetguard_core::retry_policy::RetrySafety;
 use crate::root::{Plugin, Shared};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use resetguard_core::config::AbortLogLevel;
+use resetguard_core::decision::{self, Arming, Decision, KeyDecision, Policy};
+use resetguard_core::outcome::{self, AbortPhase, Outcome, ResponseSeen};
+use resetguard_core::retry_policy::RetrySafety;
 use std::rc::Rc;
 
 pub struct HttpFilter {

@@ -2,8 +2,11 @@
 //! body, asks the store, answers or resumes, records the upstream response, and at `on_log`
 //! stores it or releases the key. The decisions themselves live in `idempotency`.
 
-use resetguard_core::config::UnknownOutcome;
 use crate::host::{self, BufferType, MapType};
+use crate::logger;
+use crate::metrics::{Counter, Metrics};
+use proxy_wasm::types::Action;
+use resetguard_core::config::UnknownOutcome;
 use resetguard_core::idempotency::index::Identity;
 use resetguard_core::idempotency::index::Peek;
 use resetguard_core::idempotency::recorded::{RecordedResponse, MAX_STORED_HEADER_BYTES};
@@ -11,10 +14,7 @@ use resetguard_core::idempotency::scope::{fingerprint, identity, RequestHead};
 use resetguard_core::idempotency::store::{Claim, Finish, Report, StoreError, Ticket};
 use resetguard_core::idempotency::verdict::{Judgement, Verdict};
 use resetguard_core::idempotency::Idempotency;
-use crate::logger;
-use crate::metrics::{Counter, Metrics};
 use resetguard_core::outcome;
-use proxy_wasm::types::Action;
 
 /// `response.code_details` of a response the upstream sent (anything else the proxy made up).
 const VIA_UPSTREAM: &[u8] = b"via_upstream";
@@ -195,7 +195,8 @@ impl KeyedStream {
     ) -> Action {
         let claim = body.and_then(|body| {
             let fingerprint = fingerprint(&self.seed, &body);
-            let owner = getrandom::u64().map_err(|_| StoreError::Unavailable("no random source"))?;
+            let owner =
+                getrandom::u64().map_err(|_| StoreError::Unavailable("no random source"))?;
             let store = idem.store.as_ref().ok_or(StoreError::NotInitialized)?;
             store.claim(&self.identity, &fingerprint, owner, now_ms()?)
         });

@@ -1,17 +1,17 @@
 //! The root context: validates the plugin configuration and hands it to every HTTP stream.
 
-use resetguard_core::config::{self, Config, IdempotencyConfig};
-use resetguard_core::decision::Policy;
 use crate::host::{self, BufferType};
-use crate::http::HttpFilter;
-use resetguard_core::idempotency;
 use crate::host_kv::HostKv;
-use resetguard_core::idempotency::store::{IdempotencyStore, ShardedStore, SEED_LEN};
+use crate::http::HttpFilter;
 use crate::logger;
 use crate::metrics::{Counter, Metrics};
 use crate::route_policy::RouteOverrides;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
+use resetguard_core::config::{self, Config, IdempotencyConfig};
+use resetguard_core::decision::Policy;
+use resetguard_core::idempotency;
+use resetguard_core::idempotency::store::{IdempotencyStore, ShardedStore, SEED_LEN};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -41,7 +41,7 @@ impl Shared {
 /// onto, and the overrides resolved so far on this worker.
 pub struct Plugin {
     pub base: Rc<Shared>,
-    pub json: resetguard_core::json::Value,
+    pub json: serde_json::Value,
     pub routes: RefCell<RouteOverrides>,
 }
 

@@ -7,11 +7,11 @@
 //! route and the field, one `resetguard.config.route_override_rejected` — and its route runs
 //! under the plugin configuration.
 
-use resetguard_core::config::route_metadata;
-use resetguard_core::config::route_override::RouteOverride;
 use crate::host::{self, HostError};
 use crate::metrics::Counter;
 use crate::root::{Plugin, Shared};
+use resetguard_core::config::route_metadata;
+use resetguard_core::config::route_override::RouteOverride;
 use std::rc::Rc;
 
 const ROUTE_METADATA: [&str; 4] = ["xds", "route_metadata", "filter_metadata", "resetguard"];

@@ -205,7 +205,7 @@ impl IdempotencyConfig {
     }
 }
 
-fn read_path_prefix(path: &str, value: &crate::json::Value) -> ConfigResult<String> {
+fn read_path_prefix(path: &str, value: &serde_json::Value) -> ConfigResult<String> {
     let s = read_string(path, value)?;
     if s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic()) {
         Ok(s.to_string())

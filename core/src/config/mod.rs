@@ -2,6 +2,7 @@
 
 mod client_abort;
 mod idempotency;
+pub mod json_text;
 pub mod reader;
 mod retry;
 pub mod route_metadata;
@@ -12,8 +13,8 @@ pub use idempotency::{IdempotencyConfig, IdempotencyMode, UnknownOutcome, WhenFu
 pub use reader::{ConfigError, ConfigResult};
 pub use retry::{RetryConfig, RetryOn, MAX_RETRIES_LIMIT, RFC9110_IDEMPOTENT};
 
-use crate::json::{self, Object, Value};
 use reader::{error, ObjectReader};
+use serde_json::{Map, Value};
 
 /// Upper bound on the plugin JSON: a config this large is a mistake, not a policy.
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
@@ -31,9 +32,9 @@ pub fn parse_json(raw: &[u8]) -> ConfigResult<Value> {
         ));
     }
     if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Object(Object::new()));
+        return Ok(Value::Object(Map::new()));
     }
-    json::parse(raw).map_err(|e| error("$", format!("a JSON object ({e})")))
+    json_text::parse_strict(raw)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

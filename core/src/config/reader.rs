@@ -1,7 +1,7 @@
 //! A strict reader over a JSON object that tracks the field path for error messages and rejects
 //! keys nobody asked for, so a typo in the plugin JSON is an error instead of a silent default.
 
-use crate::json::{Object, Value};
+use serde_json::{Map, Value};
 use std::fmt;
 
 /// A rejected configuration: the JSON path of the offending field and what was expected there.
@@ -25,6 +25,15 @@ impl std::error::Error for ConfigError {}
 
 pub type ConfigResult<T> = Result<T, ConfigError>;
 
+/// The path of `key` inside the object at `parent` (`$` is the root).
+pub fn child_path(parent: &str, key: &str) -> String {
+    if parent == "$" {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
 pub fn error(path: &str, expected: impl Into<String>) -> ConfigError {
     ConfigError {
         path: path.to_string(),
@@ -46,7 +55,7 @@ fn describe(value: &Value) -> &'static str {
 /// One JSON object being read; `finish` fails on any key that no getter consumed.
 pub struct ObjectReader<'a> {
     path: String,
-    map: &'a Object,
+    map: &'a Map<String, Value>,
     seen: Vec<&'static str>,
 }
 
@@ -63,11 +72,7 @@ impl<'a> ObjectReader<'a> {
     }
 
     pub fn child_path(&self, key: &str) -> String {
-        if self.path == "$" {
-            key.to_string()
-        } else {
-            format!("{}.{}", self.path, key)
-        }
+        child_path(&self.path, key)
     }
 
     fn take(&mut self, key: &'static str) -> Option<&'a Value> {
@@ -168,14 +173,7 @@ impl<'a> ObjectReader<'a> {
             Some(unknown) => {
                 let path = self.child_path(unknown);
                 let mut known = self.seen;
-                // An insertion sort of a handful of names (std's sort costs KBs of .wasm).
-                for i in 1..known.len() {
-                    let mut j = i;
-                    while j > 0 && known.get(j - 1) > known.get(j) {
-                        known.swap(j - 1, j);
-                        j -= 1;
-                    }
-                }
+                known.sort_unstable();
                 known.dedup();
                 Err(error(
                     &path,
@@ -205,6 +203,7 @@ pub fn read_string<'a>(path: &str, value: &'a Value) -> ConfigResult<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn unknown_keys_name_their_path() {

@@ -206,7 +206,7 @@ fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
     out
 }
 
-fn read_condition(path: &str, value: &crate::json::Value) -> ConfigResult<RetryOn> {
+fn read_condition(path: &str, value: &serde_json::Value) -> ConfigResult<RetryOn> {
     let s = read_string(path, value)?;
     RetryOn::parse(s).ok_or_else(|| {
         let hint = match s {
@@ -221,7 +221,7 @@ fn read_condition(path: &str, value: &crate::json::Value) -> ConfigResult<RetryO
     })
 }
 
-pub(super) fn read_method(path: &str, value: &crate::json::Value) -> ConfigResult<String> {
+pub(super) fn read_method(path: &str, value: &serde_json::Value) -> ConfigResult<String> {
     let s = read_string(path, value)?;
     if REGISTERED_METHODS.contains(&s) {
         return Ok(s.to_string());
@@ -241,11 +241,12 @@ pub(super) fn read_method(path: &str, value: &crate::json::Value) -> ConfigResul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn read(v: crate::json::Value) -> ConfigResult<RetryConfig> {
-        let mut root = crate::json::Object::new();
+    fn read(v: serde_json::Value) -> ConfigResult<RetryConfig> {
+        let mut root = serde_json::Map::new();
         root.insert("retry".to_string(), v);
-        let root = crate::json::Value::Object(root);
+        let root = serde_json::Value::Object(root);
         let mut r = ObjectReader::new("$", &root).unwrap();
         RetryConfig::read(r.object("retry").unwrap())
     }

@@ -1,7 +1,7 @@
 //! Decodes the bytes Envoy returns for `["xds","route_metadata","filter_metadata","resetguard"]`.
 //!
 //! ```text
-//! decode(raw: &[u8]) -> Result<json::Value, ConfigError>
+//! decode(raw: &[u8]) -> Result<serde_json::Value, ConfigError>
 //! ```
 //!
 //! Measured on Envoy 1.40: the route's `google.protobuf.Struct` is not handed over as protobuf
@@ -20,7 +20,7 @@
 //! decoder never panics and allocates only what the input holds.
 
 use super::reader::{error, ConfigResult};
-use crate::json::{Number, Object, Value};
+use serde_json::{Map, Number, Value};
 
 /// What a setting holds, as far as decoding the untyped encoding needs to know.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -89,7 +89,7 @@ fn decode_as(raw: &[u8], shape: Shape, path: &str) -> ConfigResult<Value> {
             let Some(entries) = split_pairs(raw) else {
                 return text(raw, path);
             };
-            let mut map = Vec::with_capacity(entries.len());
+            let mut map = Map::new();
             for (key, value) in entries {
                 let key =
                     std::str::from_utf8(key).map_err(|_| error(path, "setting names in UTF-8"))?;
@@ -101,9 +101,10 @@ fn decode_as(raw: &[u8], shape: Shape, path: &str) -> ConfigResult<Value> {
                     None => text(value, &child)
                         .unwrap_or_else(|_| Value::String("(not text)".to_string())),
                 };
-                map.push((key.to_string(), value));
+                // Of a key given twice the last stays, as in a JSON object read by serde_json.
+                map.insert(key.to_string(), value);
             }
-            Ok(Value::Object(Object::from_entries(map)))
+            Ok(Value::Object(map))
         }
         Shape::List(item) => {
             let Some(entries) = split_pairs(raw).filter(|e| e.iter().all(|(_, v)| v.is_empty()))
@@ -153,64 +154,22 @@ fn text(raw: &[u8], path: &str) -> ConfigResult<Value> {
 
 const EXACT: f64 = 9_007_199_254_740_992.0;
 
-/// A double as JSON: integral values within ±2^53 as integers, the rest as decimals (or a string
-/// for NaN and infinities, which JSON cannot hold), so the strict reader can say what it got.
+/// A double as JSON: integral values within ±2^53 as integers (so the strict reader accepts
+/// them), the rest as decimals, or a string for NaN and infinities, which JSON cannot hold, so
+/// the strict reader can say what it got.
 fn number(n: f64) -> Value {
-    if !n.is_finite() {
-        return Value::String("not a finite number".into());
-    }
     if n.fract() == 0.0 && n.abs() <= EXACT {
         // In range and integral: the cast is exact.
-        if n >= 0.0 {
-            return Value::Number(Number::from(n as u64));
-        }
-        return Value::Number(Number::from(n as i64));
+        return if n >= 0.0 {
+            Value::from(n as u64)
+        } else {
+            Value::from(n as i64)
+        };
     }
-    Value::Number(Number::from_text(decimal_text(n)))
-}
-
-/// A finite, non-zero double as JSON number text to 9 decimals of its significand ("0.5",
-/// "-1.25", "1e+300", "1.5e-7"): only for saying what a setting got, and without the float
-/// formatting machinery (~20 KB of .wasm).
-fn decimal_text(n: f64) -> String {
-    let mut m = n.abs();
-    let mut exponent: i32 = 0;
-    let scientific = !(1e-6..EXACT).contains(&m);
-    if scientific {
-        while m >= 10.0 {
-            m /= 10.0;
-            exponent += 1;
-        }
-        while m < 1.0 {
-            m *= 10.0;
-            exponent -= 1;
-        }
-    }
-    let mut whole = m.trunc() as u64;
-    let mut fraction = ((m - m.trunc()) * 1e9).round() as u64;
-    if fraction >= 1_000_000_000 {
-        whole += 1;
-        fraction -= 1_000_000_000;
-    }
-    if scientific && whole >= 10 {
-        whole /= 10;
-        exponent += 1;
-    }
-    let mut out = String::new();
-    if n < 0.0 {
-        out.push('-');
-    }
-    out.push_str(&whole.to_string());
-    if fraction > 0 {
-        out.push('.');
-        out.push_str(format!("{fraction:09}").trim_end_matches('0'));
-    }
-    if exponent != 0 {
-        // As serde_json writes exponents: "1e+300", "1.5e-7".
-        out.push_str(if exponent > 0 { "e+" } else { "e" });
-        out.push_str(&exponent.to_string());
-    }
-    out
+    Number::from_f64(n).map_or_else(
+        || Value::String("not a finite number".into()),
+        Value::Number,
+    )
 }
 
 /// Splits one level of the pair encoding into borrowed (key, value) slices; `None` unless the
@@ -252,6 +211,7 @@ mod tests {
     use super::*;
     use crate::config::route_override::RouteOverride;
     use crate::config::Config;
+    use serde_json::json;
 
     /// One level of proxy-wasm's pair encoding.
     fn pairs(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
@@ -373,9 +333,16 @@ mod tests {
         assert_eq!(number(-1.25), json!(-1.25));
         assert_eq!(number(1.5e-7), json!(1.5e-7));
         assert_eq!(number(0.1), json!(0.1));
-        assert_eq!(number(f64::MIN_POSITIVE).to_string(), "2.225073859e-308");
-        assert_eq!(number(-f64::MAX).to_string(), "-1.797693135e+308");
-        assert_eq!(number(9.999_999_999_9e20).to_string(), "1e+21");
+        // Beyond 2^53 a double is shown as a decimal, exactly as the reader will say it got it.
+        for n in [
+            f64::MIN_POSITIVE,
+            -f64::MAX,
+            9.999_999_999_9e20,
+            2f64.powi(53) + 2.0,
+        ] {
+            assert_eq!(number(n).as_f64(), Some(n), "{n}");
+            assert!(number(n).as_u64().is_none(), "{n}");
+        }
         assert_eq!(number(f64::NAN), json!("not a finite number"));
         assert_eq!(number(f64::INFINITY), json!("not a finite number"));
     }

@@ -1,10 +1,10 @@
 //! Per-route overrides: the object under an Envoy route's `metadata.filter_metadata.resetguard`.
 //!
 //! ```text
-//! RouteOverride::from_value(&json::Value) -> Result<RouteOverride, ConfigError>
+//! RouteOverride::from_value(&Value) -> Result<RouteOverride, ConfigError>
 //! RouteOverride::disabled(&self) -> bool
-//! RouteOverride::apply(&self, plugin: &json::Value) -> Result<Option<Config>, ConfigError>
-//! merge(base: &mut serde_json::Value, patch: &json::Value)
+//! RouteOverride::apply(&self, plugin: &Value) -> Result<Option<Config>, ConfigError>
+//! merge(base: &mut Value, patch: &Value)
 //! FIXED_SETTINGS: &[&str]
 //! ```
 //!
@@ -20,7 +20,7 @@
 
 use super::reader::{error, ConfigResult};
 use super::Config;
-use crate::json::{Object, Value};
+use serde_json::{Map, Value};
 
 /// The key that turns the filter off for a route; not a plugin setting.
 pub const DISABLED: &str = "disabled";
@@ -63,15 +63,11 @@ impl RouteOverride {
                 ));
             }
         }
-        // Built rather than cloned-then-removed: map removal code costs .wasm size.
-        let patch = map
-            .iter()
-            .filter(|(key, _)| *key != DISABLED)
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect();
+        let mut patch = map.clone();
+        patch.remove(DISABLED);
         Ok(RouteOverride {
             disabled,
-            patch: Value::Object(Object::from_entries(patch)),
+            patch: Value::Object(patch),
         })
     }
 
@@ -118,7 +114,7 @@ pub fn merge(base: &mut Value, patch: &Value) {
 }
 
 /// The value at a dotted path of an object, if every step exists.
-fn lookup<'a>(map: &'a Object, path: &str) -> Option<&'a Value> {
+fn lookup<'a>(map: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     let mut segments = path.split('.');
     let mut value = map.get(segments.next()?)?;
     for segment in segments {
@@ -130,6 +126,7 @@ fn lookup<'a>(map: &'a Object, path: &str) -> Option<&'a Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn effective(plugin: Value, route: Value) -> ConfigResult<Option<Config>> {
         RouteOverride::from_value(&route)?.apply(&plugin)

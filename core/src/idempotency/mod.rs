@@ -12,7 +12,7 @@
 //!   (an index) and `resetguard/v1/<S>/shard/<i>/slot/<j>` (one stored response), `S` = `shards`.
 //!   The seed and the indexes are created at `on_configure`, before traffic, if absent. After that
 //!   an index is only ever written by read-modify-CAS, so every claim is atomic across workers.
-//! * **Identity and shard.** identity = SipHash-2-4-128 keyed by the seed over (scope header
+//! * **Identity and shard.** identity = SipHash-2-4-128 (`keyed_hash`) keyed by the seed over (scope header
 //!   values, `:authority`, method, `:path`, key), each length-prefixed; shard = identity mod `S`.
 //!   Clients cannot aim keys at one shard or collide with another client's identity without the
 //!   seed. The fingerprint is the same keyed hash over the request body.
@@ -75,11 +75,11 @@
 
 pub mod index;
 pub mod key;
+pub mod keyed_hash;
 pub mod problem;
 pub mod recorded;
 pub mod scope;
 pub mod shared_kv;
-mod siphash;
 pub mod store;
 pub mod verdict;
 

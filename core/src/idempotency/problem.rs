@@ -1,8 +1,6 @@
 //! RFC 9457 problem details for every answer the idempotency layer gives instead of the upstream.
 //! The `type` URNs are a stable contract: clients branch on them, not on `title` or `detail`.
 
-use crate::json::push_string;
-
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
     KeyMissing,
@@ -82,18 +80,16 @@ impl Problem {
         }
     }
 
-    /// The `application/problem+json` body (members in the order serde_json used to write them).
+    /// The `application/problem+json` body (members in key order).
     pub fn body(self, detail: &str) -> Vec<u8> {
-        let mut out = String::from("{\"detail\":");
-        push_string(&mut out, detail);
-        out.push_str(",\"status\":");
-        out.push_str(&self.status().to_string());
-        out.push_str(",\"title\":");
-        push_string(&mut out, self.title());
-        out.push_str(",\"type\":");
-        push_string(&mut out, self.type_uri());
-        out.push('}');
-        out.into_bytes()
+        serde_json::json!({
+            "type": self.type_uri(),
+            "title": self.title(),
+            "status": self.status(),
+            "detail": detail,
+        })
+        .to_string()
+        .into_bytes()
     }
 }
 

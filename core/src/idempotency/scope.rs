@@ -2,7 +2,7 @@
 //! request. Scope header values (credentials, typically) only ever enter a keyed hash.
 
 use super::index::{Fingerprint, Identity};
-use super::siphash::Sip128;
+use super::keyed_hash::Keyed;
 use crate::config::IdempotencyConfig;
 
 /// The request fields the idempotency layer reads, all from the one header-map read.
@@ -85,7 +85,7 @@ pub fn identity(
     key: &[u8],
     scope_headers: usize,
 ) -> Identity {
-    let mut h = Sip128::new(seed);
+    let mut h = Keyed::new(seed);
     h.write_field(b"resetguard identity v1");
     for i in 0..scope_headers {
         let values: Vec<&[u8]> = head
@@ -108,7 +108,7 @@ pub fn identity(
 
 /// The payload fingerprint: a keyed hash of the request body.
 pub fn fingerprint(seed: &[u8; 16], body: &[u8]) -> Fingerprint {
-    let mut h = Sip128::new(seed);
+    let mut h = Keyed::new(seed);
     h.write_field(b"resetguard fingerprint v1");
     h.write(body);
     h.finish()

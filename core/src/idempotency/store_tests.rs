@@ -74,7 +74,10 @@ fn init_creates_seed_and_shards_once_and_keeps_them() {
 #[test]
 fn hosts_without_shared_data_are_reported_unavailable() {
     let store = ShardedStore::new(NoKv, LIMITS);
-    assert_eq!(store.init([0; 16]), Err(StoreError::Unavailable("UNIMPLEMENTED")));
+    assert_eq!(
+        store.init([0; 16]),
+        Err(StoreError::Unavailable("UNIMPLEMENTED"))
+    );
     assert_eq!(store.seed(), Err(StoreError::Unavailable("UNIMPLEMENTED")));
 }
 
