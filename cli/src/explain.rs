@@ -154,14 +154,14 @@ pub fn effective(
         });
     };
     let route_override =
-        RouteOverride::from_value(&&value).map_err(|e| format!("route override: {e}"))?;
+        RouteOverride::from_value(&value).map_err(|e| format!("route override: {e}"))?;
     let plugin: Value = if raw.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
         serde_json::from_slice(&raw).map_err(|e| e.to_string())?
     };
     let config = route_override
-        .apply(&&plugin)
+        .apply(&plugin)
         .map_err(|e| format!("route override: {e}"))?;
     Ok(Effective { source, config })
 }

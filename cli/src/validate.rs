@@ -261,7 +261,7 @@ pub fn parse_all_errors(raw: &[u8]) -> Result<Config, Vec<ConfigError>> {
         if !removed.remove(&mut value, &last.path) {
             break;
         }
-        match Config::parse_value(&&value) {
+        match Config::parse_value(&value) {
             Ok(_) => break,
             Err(mut e) => {
                 e.path = removed.original_path(&e.path);

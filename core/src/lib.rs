@@ -8,11 +8,14 @@
 //! * [`retry_policy`], [`outcome`]: retry plans per method class; how a stream ended.
 //! * [`idempotency`]: keys, scopes, problems, the stored-response and shard-index codecs, the
 //!   sharded store over any key-value space with Envoy's shared-data semantics.
+//! * [`keyed`]: the keyed stream as a state machine: events in, the stream action and commands
+//!   out; and the decision at stream end whether a keyed request may run again.
 //! * [`counter`]: the names of everything the filter counts.
 
 pub mod config;
 pub mod counter;
 pub mod decision;
 pub mod idempotency;
+pub mod keyed;
 pub mod outcome;
 pub mod retry_policy;

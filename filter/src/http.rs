@@ -2,7 +2,7 @@
 //! idempotency layer, and classifies how the stream ended.
 
 use crate::host::{self, MapType};
-use crate::keyed_stream::{self, KeyedStream};
+use crate::keyed_stream::{self, EndFacts};
 use crate::logger;
 use crate::metrics::Counter;
 use crate::root::{Plugin, Shared};
@@ -10,6 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use resetguard_core::config::AbortLogLevel;
 use resetguard_core::decision::{self, Arming, Decision, KeyDecision, Policy};
+use resetguard_core::keyed::{KeyedStream, StreamFacts};
 use resetguard_core::outcome::{self, AbortPhase, Outcome, ResponseSeen};
 use resetguard_core::retry_policy::RetrySafety;
 use std::rc::Rc;
@@ -57,14 +58,14 @@ impl HttpFilter {
             }
         }
         let action = match (&decision.key, shared.policy.idempotency.as_ref()) {
-            (KeyDecision::Refused { judgement, .. }, _) => {
-                keyed_stream::refuse(judgement.clone(), &shared.metrics)
+            (KeyDecision::Refused { judgement, .. }, Some(idem)) => {
+                keyed_stream::refuse(idem, judgement.clone(), &shared.metrics)
             }
             (KeyDecision::Valid { key }, Some(idem)) => {
-                let check =
-                    keyed_stream::check(idem, &decision.head, key, end_of_stream, &shared.metrics);
-                self.keyed = check.stream.map(Box::new);
-                check.action
+                let (keyed, action) =
+                    keyed_stream::begin(idem, &decision.head, key, end_of_stream, &shared.metrics);
+                self.keyed = keyed;
+                action
             }
             _ => Action::Continue,
         };
@@ -100,14 +101,11 @@ impl HttpFilter {
         shared.metrics.inc(armed);
     }
 
-    fn report_outcome(&self, shared: &Shared) {
+    fn report_outcome(&self, shared: &Shared, facts: &mut EndFacts) {
         let (flags, details) = if self.response.needs_flags() {
-            let flags = host::property(&["response", "flags"])
-                .ok()
-                .flatten()
-                .and_then(|raw| outcome::decode_u64(&raw));
+            let flags = facts.flags();
             let details = if self.response.needs_details(flags) {
-                host::property(&["response", "code_details"]).ok().flatten()
+                facts.code_details()
             } else {
                 None
             };
@@ -205,7 +203,7 @@ impl HttpContext for HttpFilter {
                     metrics,
                 }),
                 Some(keyed),
-            ) => keyed.on_request_body(idem, body_size, end_of_stream, metrics),
+            ) => keyed_stream::on_request_body(keyed, idem, body_size, end_of_stream, metrics),
             _ => Action::Continue,
         }
     }
@@ -223,7 +221,7 @@ impl HttpContext for HttpFilter {
                     metrics,
                 }),
                 Some(keyed),
-            ) => keyed.on_request_trailers(idem, metrics),
+            ) => keyed_stream::on_request_trailers(keyed, idem, metrics),
             _ => Action::Continue,
         }
     }
@@ -234,7 +232,7 @@ impl HttpContext for HttpFilter {
         // A recorded response reads its whole header map anyway: `:status` comes from it.
         let status = match (self.keyed.as_mut(), self.shared.as_ref()) {
             (Some(keyed), Some(shared)) if keyed.records() => {
-                keyed.on_response_headers(&shared.metrics)
+                keyed_stream::on_response_headers(keyed, &shared.metrics)
             }
             _ => host::header(MapType::ResponseHeaders, ":status")
                 .ok()
@@ -248,10 +246,8 @@ impl HttpContext for HttpFilter {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.response.ended |= end_of_stream;
-        if let (Some(keyed), Some(shared)) = (self.keyed.as_mut(), self.shared.as_ref()) {
-            if let Some(idem) = &shared.policy.idempotency {
-                keyed.on_response_body(idem, body_size);
-            }
+        if let Some(keyed) = self.keyed.as_mut() {
+            keyed_stream::on_response_body(keyed, body_size);
         }
         Action::Continue
     }
@@ -266,10 +262,12 @@ impl HttpContext for HttpFilter {
 
     fn on_log(&mut self) {
         if let Some(shared) = self.shared.clone() {
+            let mut facts = EndFacts::default();
             if let (Some(keyed), Some(idem)) = (self.keyed.as_mut(), &shared.policy.idempotency) {
-                keyed.on_log(idem, self.response.ended, &shared.metrics);
+                let ended = self.response.ended;
+                keyed_stream::on_stream_end(keyed, idem, ended, &mut facts, &shared.metrics);
             }
-            self.report_outcome(&shared);
+            self.report_outcome(&shared, &mut facts);
         }
     }
 }

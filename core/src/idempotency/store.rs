@@ -71,6 +71,13 @@ pub enum Finish {
     Busy,
 }
 
+impl Finish {
+    /// The claim is still in flight: it frees after `lock_timeout_ms`.
+    pub fn is_unfinished(self) -> bool {
+        matches!(self, Finish::Lost | Finish::Busy)
+    }
+}
+
 /// An operation's answer plus what it observed, for metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report<T> {
