@@ -1,109 +1,14 @@
 //! The effective configuration, rendered back as plugin JSON (every key, defaults included), and
 //! the per-method policy the filter derives from it with its own `RetryPolicy`.
-//!
-//! The structs are destructured without `..`: a field added to the filter's config types does not
-//! compile here until it is rendered, and the schema drift test then checks it against the schema.
 
-use resetguard_core::config::{
-    AbortLogLevel, ClientAbortConfig, Config, IdempotencyConfig, IdempotencyMode, RetryConfig,
-    UnknownOutcome, WhenFull,
-};
+use resetguard_core::config::{Config, IdempotencyMode};
 use resetguard_core::retry_policy::{RetryPolicy, RetrySafety};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+/// The configuration as plugin JSON, every default spelled out: the config types' own
+/// `Serialize`, whose enum names are the reader's.
 pub fn config_json(config: &Config) -> Value {
-    let Config {
-        retry,
-        client_abort,
-        idempotency,
-    } = config;
-    json!({
-        "retry": retry_json(retry),
-        "client_abort": client_abort_json(client_abort),
-        "idempotency": idempotency_json(idempotency),
-    })
-}
-
-fn retry_json(retry: &RetryConfig) -> Value {
-    let RetryConfig {
-        max_retries,
-        on,
-        idempotent_methods,
-        per_try_timeout_ms,
-        retriable_status_codes,
-        trust_client_retry_headers,
-    } = retry;
-    json!({
-        "max_retries": max_retries,
-        "on": on.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "idempotent_methods": idempotent_methods,
-        "per_try_timeout_ms": per_try_timeout_ms,
-        "retriable_status_codes": retriable_status_codes,
-        "trust_client_retry_headers": trust_client_retry_headers,
-    })
-}
-
-fn client_abort_json(client_abort: &ClientAbortConfig) -> Value {
-    let ClientAbortConfig {
-        log_level,
-        filter_state,
-    } = client_abort;
-    let level = match log_level {
-        AbortLogLevel::Off => "off",
-        AbortLogLevel::Debug => "debug",
-        AbortLogLevel::Info => "info",
-    };
-    json!({"log_level": level, "filter_state": filter_state})
-}
-
-fn idempotency_json(idempotency: &IdempotencyConfig) -> Value {
-    let IdempotencyConfig {
-        enabled,
-        mode,
-        required_methods,
-        path_prefixes,
-        header,
-        max_key_length,
-        scope_headers,
-        max_request_body_bytes,
-        max_response_body_bytes,
-        ttl_seconds,
-        lock_timeout_ms,
-        max_entries,
-        shards,
-        when_full,
-        retry_keyed_requests,
-        require_store,
-        unknown_outcome,
-    } = idempotency;
-    json!({
-        "enabled": enabled,
-        "mode": match mode {
-            IdempotencyMode::Enforce => "enforce",
-            IdempotencyMode::Report => "report",
-        },
-        "required_methods": required_methods,
-        "path_prefixes": path_prefixes,
-        "header": header,
-        "max_key_length": max_key_length,
-        "scope_headers": scope_headers,
-        "max_request_body_bytes": max_request_body_bytes,
-        "max_response_body_bytes": max_response_body_bytes,
-        "ttl_seconds": ttl_seconds,
-        "lock_timeout_ms": lock_timeout_ms,
-        "max_entries": max_entries,
-        "shards": shards,
-        "when_full": match when_full {
-            WhenFull::Reject => "reject",
-            WhenFull::PassThrough => "pass_through",
-        },
-        "retry_keyed_requests": retry_keyed_requests,
-        "require_store": require_store,
-        "unknown_outcome": match unknown_outcome {
-            UnknownOutcome::Release => "release",
-            UnknownOutcome::Complete => "complete",
-        },
-    })
+    serde_json::to_value(config).unwrap_or(Value::Null)
 }
 
 /// Methods worth a line of their own: the configured ones, then the common unsafe ones.

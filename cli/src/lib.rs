@@ -8,4 +8,4 @@ pub mod explain;
 pub mod validate;
 
 /// The JSON Schema of the plugin configuration (`schema/resetguard.schema.json`).
-pub const SCHEMA: &str = include_str!("../../schema/resetguard.schema.json");
+pub use resetguard_core::config::schema::SCHEMA_JSON as SCHEMA;

@@ -11,7 +11,7 @@
 //!   one: "one of …") and every integer range ("an integer from MIN to MAX") equal the schema's.
 
 use resetguard_cli::effective::config_json;
-use resetguard_core::config::route_override::{RouteOverride, FIXED_SETTINGS};
+use resetguard_core::config::route_override::{fixed_settings, RouteOverride};
 use resetguard_core::config::Config;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
@@ -438,7 +438,7 @@ fn route_overrides_forbid_exactly_the_fixed_settings() {
         keys, expected,
         "a route override is the plugin sections plus `disabled`"
     );
-    for fixed in FIXED_SETTINGS {
+    for fixed in fixed_settings() {
         let (section, key) = fixed.split_once('.').unwrap();
         let value = json!({ section: { key: 1 } });
         assert!(

@@ -1,6 +1,6 @@
 //! The `client_abort` section: how a downstream disconnect is reported.
 
-use super::reader::{ConfigResult, ObjectReader};
+use super::reader::{serialize_by_name, ConfigResult, Named, ObjectReader};
 
 /// The level of the one log line written per client abort. Never warn or error: a client that
 /// went away is normal traffic. Debug by default: at Envoy's usual info level an abort costs no
@@ -12,7 +12,17 @@ pub enum AbortLogLevel {
     Info,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl Named for AbortLogLevel {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("off", AbortLogLevel::Off),
+        ("debug", AbortLogLevel::Debug),
+        ("info", AbortLogLevel::Info),
+    ];
+}
+
+serialize_by_name!(AbortLogLevel);
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ClientAbortConfig {
     pub log_level: AbortLogLevel,
     /// Publish non-completed outcomes as filter state for access logs: `wasm.resetguard_outcome`,
@@ -35,15 +45,7 @@ impl ClientAbortConfig {
         let Some(mut r) = section else {
             return Ok(defaults);
         };
-        let log_level = r.one_of(
-            "log_level",
-            defaults.log_level,
-            &[
-                ("off", AbortLogLevel::Off),
-                ("debug", AbortLogLevel::Debug),
-                ("info", AbortLogLevel::Info),
-            ],
-        )?;
+        let log_level = r.one_of("log_level", defaults.log_level, AbortLogLevel::NAMES)?;
         let filter_state = r.bool("filter_state", defaults.filter_state)?;
         r.finish()?;
         Ok(ClientAbortConfig {

@@ -1,7 +1,7 @@
 //! The `idempotency` section: which requests must carry an `Idempotency-Key`, and the bounds of
 //! the shared store that dedupes and replays them.
 
-use super::reader::{error, read_string, ConfigResult, ObjectReader};
+use super::reader::{error, read_string, serialize_by_name, ConfigResult, Named, ObjectReader};
 use super::retry::read_method;
 
 /// Bounds that keep a typo from becoming a policy (or an allocation).
@@ -43,7 +43,32 @@ pub enum UnknownOutcome {
     Complete,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl Named for IdempotencyMode {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("enforce", IdempotencyMode::Enforce),
+        ("report", IdempotencyMode::Report),
+    ];
+}
+
+impl Named for WhenFull {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("reject", WhenFull::Reject),
+        ("pass_through", WhenFull::PassThrough),
+    ];
+}
+
+impl Named for UnknownOutcome {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("release", UnknownOutcome::Release),
+        ("complete", UnknownOutcome::Complete),
+    ];
+}
+
+serialize_by_name!(IdempotencyMode, WhenFull, UnknownOutcome);
+
+/// The section as the filter runs it; `Serialize` writes it back as plugin JSON (the effective
+/// view `resetguard validate` prints), every key included.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct IdempotencyConfig {
     pub enabled: bool,
     pub mode: IdempotencyMode,
@@ -98,14 +123,7 @@ impl IdempotencyConfig {
             return Ok(defaults);
         };
         let enabled = r.bool("enabled", true)?;
-        let mode = r.one_of(
-            "mode",
-            defaults.mode,
-            &[
-                ("enforce", IdempotencyMode::Enforce),
-                ("report", IdempotencyMode::Report),
-            ],
-        )?;
+        let mode = r.one_of("mode", defaults.mode, IdempotencyMode::NAMES)?;
         let required_methods = r
             .array("required_methods", read_method)?
             .unwrap_or(defaults.required_methods);
@@ -148,24 +166,11 @@ impl IdempotencyConfig {
         let max_entries_path = r.child_path("max_entries");
         let max_entries = r.integer("max_entries", defaults.max_entries, 1, MAX_ENTRIES_LIMIT)?;
         let shards = r.integer("shards", u64::from(defaults.shards), 1, SHARDS_LIMIT)? as u32;
-        let when_full = r.one_of(
-            "when_full",
-            defaults.when_full,
-            &[
-                ("reject", WhenFull::Reject),
-                ("pass_through", WhenFull::PassThrough),
-            ],
-        )?;
+        let when_full = r.one_of("when_full", defaults.when_full, WhenFull::NAMES)?;
         let retry_keyed_requests = r.bool("retry_keyed_requests", defaults.retry_keyed_requests)?;
         let require_store = r.bool("require_store", defaults.require_store)?;
-        let unknown_outcome = r.one_of(
-            "unknown_outcome",
-            defaults.unknown_outcome,
-            &[
-                ("release", UnknownOutcome::Release),
-                ("complete", UnknownOutcome::Complete),
-            ],
-        )?;
+        let unknown_outcome =
+            r.one_of("unknown_outcome", defaults.unknown_outcome, UnknownOutcome::NAMES)?;
         r.finish()?;
         let config = IdempotencyConfig {
             enabled,

@@ -7,6 +7,7 @@ pub mod reader;
 mod retry;
 pub mod route_metadata;
 pub mod route_override;
+pub mod schema;
 
 pub use client_abort::{AbortLogLevel, ClientAbortConfig};
 pub use idempotency::{IdempotencyConfig, IdempotencyMode, UnknownOutcome, WhenFull};
@@ -37,7 +38,9 @@ pub fn parse_json(raw: &[u8]) -> ConfigResult<Value> {
     json_text::parse_strict(raw)
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The whole configuration; `Serialize` writes it back as plugin JSON with every default spelled
+/// out (what `resetguard validate` shows as the effective configuration).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Config {
     pub retry: RetryConfig,
     pub client_abort: ClientAbortConfig,

@@ -120,7 +120,7 @@ impl<'a> ObjectReader<'a> {
         &mut self,
         key: &'static str,
         default: T,
-        options: &[(&str, T)],
+        options: &[(&'static str, T)],
     ) -> ConfigResult<T> {
         let path = self.child_path(key);
         let Some(name) = self.string(key)? else {
@@ -183,6 +183,31 @@ impl<'a> ObjectReader<'a> {
         }
     }
 }
+
+/// A setting with a fixed set of values, each with its name in the plugin JSON: the one table
+/// the reader accepts (`ObjectReader::one_of`) and the effective view writes (`Serialize`).
+pub trait Named: Copy + PartialEq + 'static {
+    const NAMES: &'static [(&'static str, Self)];
+
+    fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map_or("?", |(name, _)| name)
+    }
+}
+
+/// `Serialize` for a `Named` enum: its name.
+macro_rules! serialize_by_name {
+    ($($t:ty),+) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str($crate::config::reader::Named::name(*self))
+            }
+        }
+    )+};
+}
+pub(crate) use serialize_by_name;
 
 pub fn read_integer(path: &str, value: &Value, min: u64, max: u64) -> ConfigResult<u64> {
     let expected = || format!("an integer from {min} to {max}");

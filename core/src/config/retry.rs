@@ -50,7 +50,15 @@ impl RetryOn {
     fn parse(s: &str) -> Option<RetryOn> {
         RetryOn::ALL.into_iter().find(|c| c.as_str() == s)
     }
+}
 
+impl serde::Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl RetryOn {
     /// Conditions under which the request provably never reached the upstream application, so
     /// retrying cannot apply it twice (RFC 9110 §9.2.2). Not `http3-post-connect-failure`: Envoy
     /// retries any failure after an HTTP/3 handshake with it, sent request or not.
@@ -62,54 +70,11 @@ impl RetryOn {
     }
 }
 
-/// Methods in IANA's HTTP Method Registry; anything else in the config is a typo.
-const REGISTERED_METHODS: &[&str] = &[
-    "ACL",
-    "BASELINE-CONTROL",
-    "BIND",
-    "CHECKIN",
-    "CHECKOUT",
-    "CONNECT",
-    "COPY",
-    "DELETE",
-    "GET",
-    "HEAD",
-    "LABEL",
-    "LINK",
-    "LOCK",
-    "MERGE",
-    "MKACTIVITY",
-    "MKCALENDAR",
-    "MKCOL",
-    "MKREDIRECTREF",
-    "MKWORKSPACE",
-    "MOVE",
-    "OPTIONS",
-    "ORDERPATCH",
-    "PATCH",
-    "POST",
-    "PRI",
-    "PROPFIND",
-    "PROPPATCH",
-    "PUT",
-    "QUERY",
-    "REBIND",
-    "REPORT",
-    "SEARCH",
-    "TRACE",
-    "UNBIND",
-    "UNCHECKOUT",
-    "UNLINK",
-    "UNLOCK",
-    "UPDATE",
-    "UPDATEREDIRECTREF",
-    "VERSION-CONTROL",
-];
 
 /// Methods RFC 9110 §9.2.2 defines as idempotent.
 pub const RFC9110_IDEMPOTENT: &[&str] = &["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RetryConfig {
     pub max_retries: u32,
     pub on: Vec<RetryOn>,
@@ -223,11 +188,12 @@ fn read_condition(path: &str, value: &serde_json::Value) -> ConfigResult<RetryOn
 
 pub(super) fn read_method(path: &str, value: &serde_json::Value) -> ConfigResult<String> {
     let s = read_string(path, value)?;
-    if REGISTERED_METHODS.contains(&s) {
+    let registered = super::schema::registered_methods();
+    if registered.contains(&s) {
         return Ok(s.to_string());
     }
     let upper = s.to_ascii_uppercase();
-    let hint = if REGISTERED_METHODS.contains(&upper.as_str()) {
+    let hint = if registered.contains(&upper.as_str()) {
         format!(" (methods are case-sensitive: write {upper:?})")
     } else {
         String::new()

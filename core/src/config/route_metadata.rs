@@ -13,77 +13,23 @@
 //! loader turns integers beyond 32 bits and decimals (`1.5`) into strings.
 //!
 //! The encoding carries no types, so the decoder follows the shape of the plugin configuration
-//! ([`SHAPE`]): where a setting expects a number it reads 8 bytes as a double (integral doubles
+//! (`schema::route_override_shape`, read from the JSON Schema): where a setting expects a number
+//! it reads 8 bytes as a double (integral doubles
 //! become JSON integers, so the strict reader accepts them), where it expects a string it reads
 //! text. Keys the configuration does not know decode as text and are then rejected by the strict
 //! reader with their path. Malformed bytes are an error at the path where they were found; the
 //! decoder never panics and allocates only what the input holds.
 
-use super::reader::{error, ConfigResult};
+use super::reader::{child_path, error, ConfigResult};
+use super::schema::{route_override_shape, Shape};
 use serde_json::{Map, Number, Value};
-
-/// What a setting holds, as far as decoding the untyped encoding needs to know.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Shape {
-    Bool,
-    Integer,
-    Text,
-    List(&'static Shape),
-    Object(&'static [(&'static str, Shape)]),
-}
-
-const TEXTS: Shape = Shape::List(&Shape::Text);
-const INTEGERS: Shape = Shape::List(&Shape::Integer);
-
-/// The shape of a route override: `disabled` plus every plugin setting. A test checks it against
-/// the settings the strict reader knows, so the two cannot drift.
-pub const SHAPE: Shape = Shape::Object(&[
-    ("disabled", Shape::Bool),
-    (
-        "retry",
-        Shape::Object(&[
-            ("max_retries", Shape::Integer),
-            ("on", TEXTS),
-            ("idempotent_methods", TEXTS),
-            ("per_try_timeout_ms", Shape::Integer),
-            ("retriable_status_codes", INTEGERS),
-            ("trust_client_retry_headers", Shape::Bool),
-        ]),
-    ),
-    (
-        "client_abort",
-        Shape::Object(&[("log_level", Shape::Text), ("filter_state", Shape::Bool)]),
-    ),
-    (
-        "idempotency",
-        Shape::Object(&[
-            ("enabled", Shape::Bool),
-            ("mode", Shape::Text),
-            ("required_methods", TEXTS),
-            ("path_prefixes", TEXTS),
-            ("header", Shape::Text),
-            ("max_key_length", Shape::Integer),
-            ("scope_headers", TEXTS),
-            ("max_request_body_bytes", Shape::Integer),
-            ("max_response_body_bytes", Shape::Integer),
-            ("ttl_seconds", Shape::Integer),
-            ("lock_timeout_ms", Shape::Integer),
-            ("max_entries", Shape::Integer),
-            ("shards", Shape::Integer),
-            ("when_full", Shape::Text),
-            ("retry_keyed_requests", Shape::Bool),
-            ("require_store", Shape::Bool),
-            ("unknown_outcome", Shape::Text),
-        ]),
-    ),
-]);
 
 /// Decodes a route's resetguard metadata into the JSON value it was written as.
 pub fn decode(raw: &[u8]) -> ConfigResult<Value> {
-    decode_as(raw, SHAPE, "$")
+    decode_as(raw, route_override_shape(), "$")
 }
 
-fn decode_as(raw: &[u8], shape: Shape, path: &str) -> ConfigResult<Value> {
+fn decode_as(raw: &[u8], shape: &Shape, path: &str) -> ConfigResult<Value> {
     match shape {
         Shape::Object(fields) => {
             let Some(entries) = split_pairs(raw) else {
@@ -95,7 +41,7 @@ fn decode_as(raw: &[u8], shape: Shape, path: &str) -> ConfigResult<Value> {
                     std::str::from_utf8(key).map_err(|_| error(path, "setting names in UTF-8"))?;
                 let child = child_path(path, key);
                 let value = match fields.iter().find(|(name, _)| *name == key) {
-                    Some((_, shape)) => decode_as(value, *shape, &child)?,
+                    Some((_, shape)) => decode_as(value, shape, &child)?,
                     // Unknown: the strict reader rejects it by name; its value does not matter
                     // (but must not be null, which a merge would drop).
                     None => text(value, &child)
@@ -114,7 +60,7 @@ fn decode_as(raw: &[u8], shape: Shape, path: &str) -> ConfigResult<Value> {
             entries
                 .iter()
                 .enumerate()
-                .map(|(i, (value, _))| decode_as(value, *item, &format!("{path}[{i}]")))
+                .map(|(i, (value, _))| decode_as(value, item, &format!("{path}[{i}]")))
                 .collect::<ConfigResult<Vec<Value>>>()
                 .map(Value::Array)
         }
@@ -128,14 +74,6 @@ fn decode_as(raw: &[u8], shape: Shape, path: &str) -> ConfigResult<Value> {
             _ => text(raw, path),
         },
         Shape::Text => text(raw, path),
-    }
-}
-
-fn child_path(path: &str, key: &str) -> String {
-    if path == "$" {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
     }
 }
 
@@ -382,10 +320,10 @@ mod tests {
 
     #[test]
     fn the_shape_knows_exactly_the_settings_the_reader_knows() {
-        let Shape::Object(sections) = SHAPE else {
+        let Shape::Object(sections) = route_override_shape() else {
             panic!("the root is an object");
         };
-        let names = |fields: &[(&str, Shape)]| {
+        let names = |fields: &[(String, Shape)]| {
             let mut n: Vec<String> = fields.iter().map(|(k, _)| k.to_string()).collect();
             n.sort();
             n
@@ -407,11 +345,11 @@ mod tests {
             let Shape::Object(fields) = shape else {
                 panic!("{section} is an object");
             };
-            let json = json!({ *section: {"zz_unknown": 1} });
+            let json = json!({ section.as_str(): {"zz_unknown": 1} });
             assert_eq!(
                 names(fields),
                 known(json, &format!("{section}.zz_unknown")),
-                "add the new {section} setting to route_metadata::SHAPE"
+                "add the new {section} setting to the schema"
             );
         }
     }

@@ -5,7 +5,7 @@
 //! RouteOverride::disabled(&self) -> bool
 //! RouteOverride::apply(&self, plugin: &Value) -> Result<Option<Config>, ConfigError>
 //! merge(base: &mut Value, patch: &Value)
-//! FIXED_SETTINGS: &[&str]
+//! fixed_settings() -> &[String]
 //! ```
 //!
 //! The effective policy of a route is the plugin JSON with the override merged onto it (RFC 7396
@@ -13,7 +13,7 @@
 //! replaces, arrays included), read by the same strict [`Config::parse_value`]. On top of the plugin
 //! settings an override may say `disabled: true`: the filter then leaves the route's streams alone.
 //!
-//! Settings fixed when the idempotency store is opened at configure time ([`FIXED_SETTINGS`])
+//! Settings fixed when the idempotency store is opened at configure time ([`fixed_settings`])
 //! cannot vary per route, and a route cannot turn idempotency on when the plugin configuration
 //! leaves it off (there is no store to dedupe with); a route can turn it off. Error paths are
 //! relative to the override object, as in the plugin JSON (`retry.max_retries`).
@@ -25,14 +25,9 @@ use serde_json::{Map, Value};
 /// The key that turns the filter off for a route; not a plugin setting.
 pub const DISABLED: &str = "disabled";
 
-/// Paths that are fixed when the plugin is configured (they size or key the shared store).
-pub const FIXED_SETTINGS: &[&str] = &[
-    "idempotency.shards",
-    "idempotency.max_entries",
-    "idempotency.ttl_seconds",
-    "idempotency.lock_timeout_ms",
-    "idempotency.require_store",
-];
+/// Paths that are fixed when the plugin is configured (they size or key the shared store): the
+/// settings the schema's route override forbids.
+pub use super::schema::fixed_settings;
 
 /// A validated route override (its plugin settings are checked against a plugin config by
 /// [`RouteOverride::apply`]).
@@ -54,7 +49,7 @@ impl RouteOverride {
             Some(Value::Bool(true)) => true,
             Some(_) => return Err(error(DISABLED, "a boolean")),
         };
-        for fixed in FIXED_SETTINGS {
+        for fixed in fixed_settings() {
             if lookup(map, fixed).is_some() {
                 return Err(error(
                     fixed,
@@ -208,7 +203,7 @@ mod tests {
             let err = effective(plugin, route.clone()).unwrap_err();
             assert_eq!(err.path, path, "{route}: {err}");
         }
-        for fixed in FIXED_SETTINGS {
+        for fixed in fixed_settings() {
             let (section, key) = fixed.split_once('.').unwrap();
             let route = json!({ section: { key: 8 } });
             let err = effective(json!({"idempotency": {}}), route).unwrap_err();
