@@ -3,15 +3,23 @@
 
 /// Envoy's `response.flags` bits that matter here (StreamInfo::ResponseFlag).
 pub mod flags {
+    /// UH: no healthy upstream host.
+    pub const NO_HEALTHY_UPSTREAM: u64 = 0x2;
+    /// UT: the upstream request timed out.
+    pub const UPSTREAM_REQUEST_TIMEOUT: u64 = 0x4;
     pub const LOCAL_RESET: u64 = 0x8;
     pub const UPSTREAM_REMOTE_RESET: u64 = 0x10;
     pub const UPSTREAM_CONNECTION_FAILURE: u64 = 0x20;
     pub const UPSTREAM_CONNECTION_TERMINATION: u64 = 0x40;
     pub const UPSTREAM_OVERFLOW: u64 = 0x80;
+    /// NR: no route matched.
+    pub const NO_ROUTE_FOUND: u64 = 0x100;
     pub const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
     pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: u64 = 0x8000;
     /// DR: an HTTP/2 or HTTP/3 client reset its stream (RST_STREAM), keeping the connection.
     pub const DOWNSTREAM_REMOTE_RESET: u64 = 0x1000_0000;
+    /// UPE: the upstream broke the protocol.
+    pub const UPSTREAM_PROTOCOL_ERROR: u64 = 0x80_0000;
 
     /// The client went away: its connection closed (DC) or it cancelled its stream (DR).
     pub const CLIENT_LEFT: u64 = DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET;
@@ -29,12 +37,15 @@ pub mod flags {
 /// Flags proving the upstream never received the request (connect failure, overflow, no healthy
 /// host, no route), unless a flag says an upstream request did start.
 pub fn proves_request_unsent(f: u64) -> bool {
-    const UNSENT: u64 = flags::UPSTREAM_CONNECTION_FAILURE | flags::UPSTREAM_OVERFLOW | 0x2 | 0x100;
+    const UNSENT: u64 = flags::UPSTREAM_CONNECTION_FAILURE
+        | flags::UPSTREAM_OVERFLOW
+        | flags::NO_HEALTHY_UPSTREAM
+        | flags::NO_ROUTE_FOUND;
     const MAYBE_SENT: u64 = flags::LOCAL_RESET
         | flags::UPSTREAM_REMOTE_RESET
         | flags::UPSTREAM_CONNECTION_TERMINATION
-        | 0x4 // UT: upstream request timeout
-        | 0x80_0000; // UPE: upstream protocol error
+        | flags::UPSTREAM_REQUEST_TIMEOUT
+        | flags::UPSTREAM_PROTOCOL_ERROR;
     f & UNSENT != 0 && f & MAYBE_SENT == 0
 }
 

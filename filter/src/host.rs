@@ -70,7 +70,7 @@ pub enum BufferType {
     PluginConfiguration = 7,
 }
 
-#[derive(Copy, Clone, Debug)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum LogLevel {
     Trace = 0,
@@ -79,6 +79,22 @@ pub enum LogLevel {
     Warn = 3,
     Error = 4,
     Critical = 5,
+    /// Any level beyond the ABI's: log nothing.
+    Off = 6,
+}
+
+impl LogLevel {
+    fn from_abi(level: u32) -> LogLevel {
+        match level {
+            0 => LogLevel::Trace,
+            1 => LogLevel::Debug,
+            2 => LogLevel::Info,
+            3 => LogLevel::Warn,
+            4 => LogLevel::Error,
+            5 => LogLevel::Critical,
+            _ => LogLevel::Off,
+        }
+    }
 }
 
 #[link(wasm_import_module = "env")]
@@ -186,11 +202,11 @@ pub fn log(level: LogLevel, message: &str) -> HostResult<()> {
     status(unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) })
 }
 
-pub fn log_level() -> HostResult<u32> {
+pub fn log_level() -> HostResult<LogLevel> {
     let mut level = 0u32;
     // SAFETY: the host writes one u32 into a live local.
     status(unsafe { proxy_get_log_level(&mut level) })?;
-    Ok(level)
+    Ok(LogLevel::from_abi(level))
 }
 
 pub fn now_nanos() -> HostResult<u64> {
@@ -296,6 +312,11 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> HostResult<()> {
     })
 }
 
+/// `send_local_response`'s gRPC status argument for a plain HTTP answer.
+const NO_GRPC_STATUS: i32 = -1;
+/// `define_metric`'s type of a counter (gauges are 1, histograms 2).
+const METRIC_COUNTER: u32 = 0;
+
 pub fn send_local_response(
     status_code: u32,
     details: &str,
@@ -317,16 +338,16 @@ pub fn send_local_response(
             body.len(),
             encoded.as_ptr(),
             encoded.len(),
-            -1,
+            NO_GRPC_STATUS,
         )
     })
 }
 
-/// Defines a counter (metric type 0) and returns its id.
+/// Defines a counter and returns its id.
 pub fn define_counter(name: &str) -> HostResult<u32> {
     let mut id = 0u32;
     // SAFETY: the name is live for the call; the id is a live local.
-    status(unsafe { proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) })?;
+    status(unsafe { proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
 }
 

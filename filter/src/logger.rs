@@ -42,13 +42,14 @@ pub fn refresh() {
 }
 
 fn host_level() -> LevelFilter {
+    use host::LogLevel;
     match host::log_level() {
-        Ok(0) => LevelFilter::Trace,
-        Ok(1) => LevelFilter::Debug,
-        Ok(2) => LevelFilter::Info,
-        Ok(3) => LevelFilter::Warn,
-        Ok(4) | Ok(5) => LevelFilter::Error,
-        Ok(_) => LevelFilter::Off,
+        Ok(LogLevel::Trace) => LevelFilter::Trace,
+        Ok(LogLevel::Debug) => LevelFilter::Debug,
+        Ok(LogLevel::Info) => LevelFilter::Info,
+        Ok(LogLevel::Warn) => LevelFilter::Warn,
+        Ok(LogLevel::Error | LogLevel::Critical) => LevelFilter::Error,
+        Ok(LogLevel::Off) => LevelFilter::Off,
         Err(_) => LevelFilter::Info,
     }
 }
