@@ -39,7 +39,7 @@ pub struct HostShared {
     pub metrics: BTreeMap<String, Metric>,
     pub faults: Faults,
     pub clusters: HashMap<String, ClusterBehaviour>,
-    pub rng: u64,
+    pub rng: rand::rngs::StdRng,
     pub next_vm: u32,
 }
 
@@ -56,18 +56,14 @@ impl HostShared {
             metrics: BTreeMap::new(),
             faults: Faults::default(),
             clusters: HashMap::new(),
-            rng: seed,
+            rng: rand::SeedableRng::seed_from_u64(seed),
             next_vm: 0,
         }
     }
 
-    /// splitmix64: seeded, so `random_get` is reproducible per test.
+    /// Seeded, so `random_get` is reproducible per test.
     pub fn next_random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        rand::RngExt::random(&mut self.rng)
     }
 }
 

@@ -664,67 +664,68 @@ mod tests {
         assert_eq!(ShardIndex::default().free_slot(0), None);
     }
 
-    #[test]
-    fn peek_encoded_answers_what_decoding_reclaiming_and_peeking_would() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |bound: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % bound
+    const NOW: u64 = 1_000_000;
+    const LOCK: u64 = 500;
+    const TTL: u64 = 60_000;
+
+    /// One generated entry: (identity byte, time kind, time offset, owner, slot, state kind).
+    fn entry_of((id, when, offset, owner, slot, kind): (u8, u8, u64, u64, u16, u8)) -> Entry {
+        let time = match when {
+            0 => NOW - offset % 1_000,            // expired
+            1 => NOW + offset % (2 * TTL),        // maybe beyond its horizon
+            2 => NOW + 1 + offset % LOCK,         // live in-flight range
+            _ => u64::MAX - offset % 10,          // a clock that ran far ahead
         };
-        let (now, lock, ttl) = (1_000_000u64, 500u64, 60_000u64);
-        let mut seen = [0; 4];
-        for case in 0..3_000 {
-            let mut index = ShardIndex::default();
-            for _ in 0..next(12) {
-                let time = match next(4) {
-                    0 => now - next(1_000),    // expired
-                    1 => now + next(2 * ttl),  // maybe beyond its horizon
-                    2 => now + 1 + next(lock), // live in-flight range
-                    _ => u64::MAX - next(10),  // a clock that ran far ahead
-                };
-                index.entries.push(Entry {
-                    identity: [next(6) as u8; 16],
-                    fingerprint: FP,
-                    owner: next(100),
-                    slot: next(20) as u16,
-                    status: 200,
-                    state: match next(3) {
-                        0 => EntryState::InFlight {
-                            lock_deadline_ms: time,
-                        },
-                        kind => EntryState::Completed {
-                            expiry_ms: time,
-                            replayable: kind == 1,
-                        },
-                    },
-                });
-            }
-            let mut raw = index.encode();
-            if case % 10 == 0 && !raw.is_empty() {
-                let at = next(raw.len() as u64) as usize;
-                raw[at] = next(256) as u8; // may corrupt a kind, the magic or the count
-            }
-            let identity = [next(6) as u8; 16];
-            let capacity = next(8) as usize;
-            let mut reference = ShardIndex::decode(&raw).unwrap_or_default();
-            reference.clamp_to_horizon(now, lock, ttl);
-            reference.reclaim(now);
-            let answer = ShardIndex::peek_encoded(&raw, &identity, now, (lock, ttl), capacity);
-            assert_eq!(
-                answer,
-                reference.peek(&identity, now, capacity),
-                "case {case}: {raw:?}"
-            );
-            seen[match answer {
-                Peek::Absent => 0,
-                Peek::InFlight => 1,
-                Peek::Completed => 2,
-                Peek::Full { .. } => 3,
-            }] += 1;
+        Entry {
+            identity: [id; 16],
+            fingerprint: FP,
+            owner,
+            slot,
+            status: 200,
+            state: match kind {
+                0 => EntryState::InFlight {
+                    lock_deadline_ms: time,
+                },
+                kind => EntryState::Completed {
+                    expiry_ms: time,
+                    replayable: kind == 1,
+                },
+            },
         }
-        assert!(seen.iter().all(|n| *n > 100), "{seen:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3_000))]
+
+        #[test]
+        fn peek_encoded_answers_what_decoding_reclaiming_and_peeking_would(
+            entries in proptest::collection::vec(
+                (0u8..6, 0u8..4, 0u64..200_000, 0u64..100, 0u16..20, 0u8..3),
+                0..12,
+            ),
+            // Sometimes one byte of the encoding is overwritten: a kind, the magic or the count.
+            corrupt in proptest::option::weighted(
+                0.1,
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+            ),
+            identity in 0u8..6,
+            capacity in 0usize..8,
+        ) {
+            let index = ShardIndex {
+                entries: entries.into_iter().map(entry_of).collect(),
+            };
+            let mut raw = index.encode();
+            if let (Some((at, byte)), false) = (corrupt, raw.is_empty()) {
+                let i = at.index(raw.len());
+                raw[i] = byte;
+            }
+            let identity = [identity; 16];
+            let mut reference = ShardIndex::decode(&raw).unwrap_or_default();
+            reference.clamp_to_horizon(NOW, LOCK, TTL);
+            reference.reclaim(NOW);
+            let answer = ShardIndex::peek_encoded(&raw, &identity, NOW, (LOCK, TTL), capacity);
+            proptest::prop_assert_eq!(answer, reference.peek(&identity, NOW, capacity));
+        }
     }
 
     #[test]

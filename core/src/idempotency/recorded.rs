@@ -230,35 +230,36 @@ mod tests {
         );
     }
 
-    /// Shared data is writable by any plugin with the same `vm_id`: whatever bytes a slot or an
-    /// index holds, decoding answers `None` or a value, never a panic (which would trap the VM).
-    #[test]
-    fn decoding_arbitrary_bytes_never_panics() {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let valid = RecordedResponse {
+    fn valid_slot() -> Vec<u8> {
+        RecordedResponse {
             status: 200,
             headers: pairs(&[("a", "b")]),
             body: b"xyz".to_vec(),
         }
         .encode(&[3; 16], 42)
-        .unwrap();
-        for round in 0..20_000 {
-            let mut raw = if round % 2 == 0 {
-                valid.clone()
-            } else {
-                vec![0; (next() % 200) as usize]
-            };
-            // Flip a few bytes (sizes and counts included) of a valid or a random buffer.
-            for _ in 0..(next() % 6) {
+        .unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5_000))]
+
+        /// Shared data is writable by any plugin with the same `vm_id`: whatever bytes a slot or
+        /// an index holds, decoding answers `None` or a value, never a panic (which would trap the
+        /// VM). Valid slots with a few bytes changed (sizes and counts included), and random ones.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(
+            random in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                0..6,
+            ),
+            from_valid in proptest::prelude::any::<bool>(),
+        ) {
+            let mut raw = if from_valid { valid_slot() } else { random };
+            for (at, byte) in edits {
                 if !raw.is_empty() {
-                    let at = (next() % raw.len() as u64) as usize;
-                    raw[at] = next() as u8;
+                    let i = at.index(raw.len());
+                    raw[i] = byte;
                 }
             }
             let _ = RecordedResponse::decode(&raw, &[3; 16], 42);

@@ -1,4 +1,5 @@
-//! Every file of the shared scenario corpus, on every host profile it names.
+//! Every file of the shared scenario corpus, on every host profile it names. One scenario by
+//! name: `RESETGUARD_SCENARIO=idem-replay cargo test -p host-tests --test suite corpus`.
 
 use host_tests::scenario::{profiles, run, Verdict};
 use host_tests::wasm::workspace_root;
@@ -14,6 +15,10 @@ fn every_scenario_passes_on_the_mock_host() {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no scenarios in {}", dir.display());
+    if let Ok(only) = std::env::var("RESETGUARD_SCENARIO") {
+        files.retain(|p| p.file_stem().is_some_and(|s| s == only.as_str()));
+        assert!(!files.is_empty(), "no scenario named {only:?} in {}", dir.display());
+    }
     let mut failures = Vec::new();
     for file in &files {
         let raw = std::fs::read_to_string(file).unwrap();

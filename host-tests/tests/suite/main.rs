@@ -16,5 +16,6 @@ mod host_abi;
 mod host_envoy;
 mod host_stop_all;
 mod hostile;
+mod security_claims;
 mod smoke;
 mod wat;
