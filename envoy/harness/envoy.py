@@ -100,6 +100,18 @@ def parse_stats_text(text: str) -> dict:
     return out
 
 
+def register_running(process) -> None:
+    """Tracks anything with a `stop()` (an Envoy, an etcd cluster: harness/etcd.py) so that
+    `stop_all()` stops it, at exit and at the end of a pytest session."""
+    with _RUNNING_LOCK:
+        _RUNNING.add(process)
+
+
+def unregister_running(process) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.discard(process)
+
+
 def stop_all() -> None:
     with _RUNNING_LOCK:
         running = list(_RUNNING)
