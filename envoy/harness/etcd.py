@@ -375,7 +375,8 @@ class Etcd:
         while True:
             for m in self.alive_members():
                 st = m.status(timeout=1.0)
-                if st and st.get("leader") and st["leader"] == st.get("header", {}).get("member_id"):
+                me = (st or {}).get("header", {}).get("member_id")
+                if st and st.get("leader") and st["leader"] == me:
                     return m
             if time.monotonic() > deadline:
                 raise EtcdError(f"no leader within {timeout}s")

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import etcd_cases
+from harness import etcd_cases, paths
 from harness.etcd import Etcd, b64, etcd_version
 
 CASES = etcd_cases.load()
@@ -25,9 +25,10 @@ MAX_REQUEST_BYTES = 1_572_864
 
 
 @pytest.fixture(scope="module")
-def one(tmp_path_factory):
+def one():
     """One member for every case of the file (each case reads its own baseline revision)."""
-    cluster = Etcd(1, run_dir=tmp_path_factory.mktemp("etcd-gateway")).start()
+    run_dir = paths.RUN_DIR / "tests" / f"etcd-gateway-{int(time.time() * 1000) % 10**8}"
+    cluster = Etcd(1, run_dir=run_dir).start()
     yield cluster
     cluster.stop()
 
@@ -81,10 +82,11 @@ def test_request_limit_is_the_raft_request_size(one):
 
     expected = max(v for v in range(MAX_REQUEST_BYTES - 64, MAX_REQUEST_BYTES)
                    if raft_request_size(member_id, put_size(v)) <= MAX_REQUEST_BYTES)
+    framing = raft_request_size(member_id, put_size(lo)) - put_size(lo)
     print(f"\n[etcd] request limit: a put on a 3-byte key takes a {lo:,}-byte value, not {hi:,} "
           f"(--max-request-bytes {MAX_REQUEST_BYTES:,}; member id low 16 bits "
-          f"{member_id & 0xFFFF:#06x} -> {raft_request_size(member_id, put_size(lo)) - put_size(lo)} "
-          f"bytes of raft framing); the model's formula says {expected:,}")
+          f"{member_id & 0xFFFF:#06x} -> {framing} bytes of raft framing); the model's formula "
+          f"says {expected:,}")
     assert lo == expected
 
 
@@ -100,7 +102,7 @@ def test_a_key_goes_with_its_lease_after_the_ttl(one):
         time.sleep(0.05)
     print(f"\n[etcd] a key on a 2 s lease was gone after {gone_after:.2f} s" if gone_after else
           "\n[etcd] a key on a 2 s lease outlived 6 s")
-    assert gone_after is not None and 2.0 <= gone_after <= 3.5
+    assert gone_after is not None and 2.0 <= gone_after <= 4.0
 
 
 def test_leader_sigkill_elects_another_and_the_old_one_rejoins(etcd_cluster):
@@ -144,7 +146,8 @@ def test_quorum_loss_answers_after_the_timeout_and_a_503_write_may_commit(etcd_c
         times = {}
         for step, fut in zip(steps, futures):
             status, raw, seconds = fut.result()
-            label = f"{step['post'].rsplit('/', 1)[-1]}{' (serializable)' if 'serializable' in json.dumps(step.get('body')) else ''}"
+            serializable = "serializable" in json.dumps(step.get("body"))
+            label = step["post"].rsplit("/", 1)[-1] + (" (serializable)" if serializable else "")
             times[label] = f"{status} in {seconds:.2f}s"
             out.extend(etcd_cases.check(step, status, raw, ctx))
             if step["delayed"] and not wait_s - 1 <= seconds <= wait_s + 2:
@@ -170,7 +173,7 @@ def test_quorum_loss_answers_after_the_timeout_and_a_503_write_may_commit(etcd_c
     recovered = time.monotonic() - back_at
     failures += etcd_cases.run_steps(send, section["after"], ctx)
     etcd_cluster.restart(killed[1])
-    print(f"\n[etcd] quorum lost (2 of 3 SIGKILLed): {json.dumps(figures)}; one member back -> "
-          f"healthy after {recovered:.2f} s, the write answered 503 was committed, the one answered "
-          f"500 was not")
+    print(f"\n[etcd] quorum lost (2 of 3 SIGKILLed): {json.dumps(figures)}; one member back "
+          f"-> healthy after {recovered:.2f} s, the write answered 503 was committed, the one "
+          f"answered 500 was not")
     assert not failures, "\n".join(failures)
