@@ -59,6 +59,9 @@ def render_config(template: str, **values) -> str:
         "ACCESS_LOG_PATH": "/dev/null", "UPSTREAM_IDLE_TIMEOUT": "60s",
         # resetguard-lds.yaml: the directory holding the listener resource file (harness/lds.py).
         "LDS_DIR": str(paths.RUN_DIR / "lds-unset"),
+        # resetguard.yaml: "true" turns off the filter that holds keyed requests from the router
+        # until resetguard decided (Envoy(hold_keyed_requests=False)).
+        "KEYED_HOLD_DISABLED": "false",
     }
     defaults.update({k: v for k, v in values.items() if v is not None})
     # The plugin JSON goes into a YAML double-quoted scalar; a JSON string literal is one.
@@ -100,6 +103,18 @@ def parse_stats_text(text: str) -> dict:
     return out
 
 
+def register_running(process) -> None:
+    """Tracks anything with a `stop()` (an Envoy, an etcd cluster: harness/etcd.py) so that
+    `stop_all()` stops it, at exit and at the end of a pytest session."""
+    with _RUNNING_LOCK:
+        _RUNNING.add(process)
+
+
+def unregister_running(process) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.discard(process)
+
+
 def stop_all() -> None:
     with _RUNNING_LOCK:
         running = list(_RUNNING)
@@ -115,7 +130,7 @@ class Envoy:
                  upstream_port: int = 9, dead_port: int = 9, idle_timeout: str = "60s",
                  concurrency: int = 1, run_dir: Optional[Path] = None, name: str = "envoy",
                  log_level: str = "info", extra_args: tuple = (),
-                 template_values: Optional[dict] = None):
+                 template_values: Optional[dict] = None, hold_keyed_requests: bool = True):
         paths.require_envoy()
         if "resetguard" in template:
             paths.require_wasm()
@@ -131,10 +146,14 @@ class Envoy:
         self.concurrency = concurrency
         self.log_level = log_level
         self.extra_args = tuple(extra_args)
+        # hold_keyed_requests=False: resetguard.yaml without its keyed-request hold (the buffer
+        # filter between resetguard and the router), to measure what the upstream sees without it.
+        values = {"KEYED_HOLD_DISABLED": "false" if hold_keyed_requests else "true"}
+        values.update(template_values or {})
         self.config_text = render_config(
             template, PLUGIN_CONFIG=plugin_config_text(plugin_config), UPSTREAM_PORT=upstream_port,
             DEAD_PORT=dead_port, UPSTREAM_IDLE_TIMEOUT=idle_timeout,
-            ACCESS_LOG_PATH=str(self.access_log_path), **(template_values or {}))
+            ACCESS_LOG_PATH=str(self.access_log_path), **values)
         self.config_path.write_text(self.config_text)
         self.proc: Optional[subprocess.Popen] = None
         self.admin_port: Optional[int] = None

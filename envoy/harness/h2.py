@@ -5,7 +5,9 @@ client, and an h2c client that aborts its request (RST_STREAM or connection clos
 The chaos upstream keeps `harness.upstream.ChaosUpstream`'s conventions: behaviour per attempt
 from a plan registered for the request's `x-scenario-request` tag (or path), attempts beyond the
 plan repeat its last entry. An *attempt* here is a stream whose request headers arrived (a
-refused stream counts: the request reached the server, which declined it).
+refused stream counts: the request reached the server, which declined it); so is a *head*, and a
+stream Envoy reset (RST_STREAM) before its request was complete is a *cut* (`PlannedUpstream`'s
+`heads` / `cuts` accessors).
 
 Actions:
   {"action": "respond", "status": 200, "headers": {...}, "body": "ok", "delay_ms": 0}
@@ -105,6 +107,7 @@ class ChaosH2Upstream(PlannedUpstream):
             streams[ev.stream_id] = st
             st.record = Request(st.headers.get(":method", ""), st.headers.get(":path", ""),
                                 st.headers, st.raw_headers, b"", conn_id)
+            self._record_head(st.record)
             self._record(st.record)
             st.action = self._choose(st.record)
             kind = st.action.get("action")
@@ -135,6 +138,8 @@ class ChaosH2Upstream(PlannedUpstream):
                 with self._lock:
                     self.resets_received.append((st.headers.get("x-scenario-request"),
                                                  _code_name(ev.error_code)))
+                if not getattr(st, "completed", False):
+                    self._record_cut(st.record, "reset", len(st.body))
         elif isinstance(ev, h2.events.ConnectionTerminated):
             return False
         return True

@@ -4,6 +4,23 @@ Threads and raw sockets, keep-alive, bound to 127.0.0.1 only. Every request that
 read completely is an *attempt*; attempts are counted per path, per `x-scenario-request` tag and
 per `Idempotency-Key` (each key counted only for requests that carried it).
 
+What reached the upstream at all is counted apart from attempts, with the same three keys:
+  * a *head* is a request whose request line and headers arrived, whether or not its body ever
+    did (every attempt is also a head; `heads`, `key_heads`, `path_heads`, `total_heads`);
+  * a *cut* is a head whose request the proxy abandoned: the connection was closed (FIN) or reset
+    (RST) by the proxy before the body was complete (`cuts`, `key_cuts`, `path_cuts`,
+    `total_cuts`, and `cut_log` with the kind and the body bytes that had arrived). An HTTP/1.1
+    proxy cannot cancel a request it started on a connection but by closing that connection, so
+    this is what the upstream sees of a request the proxy opened and then answered itself.
+  * `proxy_resets` / `proxy_closes` count connections that the proxy reset / closed while a
+    request was incomplete (cuts, plus requests cut inside their head: `partial_heads`), and
+    `idle_closes` / `idle_resets` those it closed / reset between requests (a pool's normal
+    connection turnover, not a request that reached the upstream). The h2 upstream
+    (harness/h2.py) counts a stream Envoy reset before its request was complete as a cut and in
+    `proxy_resets`.
+"Never reached the upstream" is `heads(...) == 0`; "no connection reset for it" is
+`cuts(...) == 0` (and `proxy_resets == proxy_closes == 0` for a whole run).
+
 Behaviour is chosen per attempt:
   * a plan registered for the request's tag (or, failing that, its path): a list of actions, one
     per successive attempt; attempts beyond the list repeat the last entry;
@@ -88,6 +105,23 @@ class PlannedUpstream:
         self.requests: list = []  # every attempt (Request), bounded by keep_requests
         self.keep_requests = 10_000
         self.total_attempts = 0
+        # Heads (request line + headers arrived) and cuts (a head the proxy closed or reset
+        # before its body was complete): see the module doc.
+        self.heads_by_path: Counter = Counter()
+        self.heads_by_tag: Counter = Counter()
+        self.heads_by_key: Counter = Counter()
+        self.total_heads = 0
+        self.cuts_by_path: Counter = Counter()
+        self.cuts_by_tag: Counter = Counter()
+        self.cuts_by_key: Counter = Counter()
+        self.total_cuts = 0
+        # (tag, path, key, kind "close" | "reset", body bytes received), bounded by keep_requests
+        self.cut_log: list = []
+        self.partial_heads = 0  # connections closed or reset by the proxy inside a request head
+        self.proxy_closes = 0  # FIN from the proxy while a request (or its head) was incomplete
+        self.proxy_resets = 0  # RST from the proxy while a request (or its head) was incomplete
+        self.idle_closes = 0  # FIN from the proxy between requests
+        self.idle_resets = 0  # RST from the proxy between requests
         self.connections = 0
         self._conns: set = set()
         self._stopping = threading.Event()
@@ -118,6 +152,12 @@ class PlannedUpstream:
             self.attempt_times.clear()
             self.requests.clear()
             self.total_attempts = 0
+            for c in (self.heads_by_path, self.heads_by_tag, self.heads_by_key,
+                      self.cuts_by_path, self.cuts_by_tag, self.cuts_by_key):
+                c.clear()
+            self.cut_log.clear()
+            self.total_heads = self.total_cuts = self.partial_heads = 0
+            self.proxy_closes = self.proxy_resets = self.idle_closes = self.idle_resets = 0
 
     def attempts(self, tag: str) -> int:
         with self._lock:
@@ -138,6 +178,41 @@ class PlannedUpstream:
     def requests_for(self, tag: str) -> list:
         with self._lock:
             return [r for r in self.requests if r.tag == tag]
+
+    def heads(self, tag: str) -> int:
+        """Requests with this tag whose request line and headers reached the upstream."""
+        with self._lock:
+            return self.heads_by_tag[tag]
+
+    def key_heads(self, key: str) -> int:
+        with self._lock:
+            return self.heads_by_key[key]
+
+    def path_heads(self, path: str) -> int:
+        with self._lock:
+            return self.heads_by_path[path]
+
+    def cuts(self, tag: str) -> int:
+        """Requests with this tag that the proxy started and then closed or reset mid-request."""
+        with self._lock:
+            return self.cuts_by_tag[tag]
+
+    def key_cuts(self, key: str) -> int:
+        with self._lock:
+            return self.cuts_by_key[key]
+
+    def path_cuts(self, path: str) -> int:
+        with self._lock:
+            return self.cuts_by_path[path]
+
+    def reached(self) -> dict:
+        """A snapshot of what reached the upstream: totals of attempts, heads, cuts and the
+        proxy's connection closes and resets (mid-request and idle)."""
+        with self._lock:
+            return {"attempts": self.total_attempts, "heads": self.total_heads,
+                    "cuts": self.total_cuts, "partial_heads": self.partial_heads,
+                    "proxy_closes": self.proxy_closes, "proxy_resets": self.proxy_resets,
+                    "idle_closes": self.idle_closes, "idle_resets": self.idle_resets}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -221,6 +296,43 @@ class PlannedUpstream:
             if len(self.requests) < self.keep_requests:
                 self.requests.append(req)
 
+    def _record_head(self, req: Request) -> None:
+        """A request's head arrived (called before its body is read; `_record` follows once the
+        whole request is in)."""
+        with self._lock:
+            self.total_heads += 1
+            self.heads_by_path[req.path] += 1
+            if req.tag is not None:
+                self.heads_by_tag[req.tag] += 1
+            if req.key is not None:
+                self.heads_by_key[req.key] += 1
+
+    def _record_cut(self, req: Optional[Request], kind: str, body_bytes: int = 0) -> None:
+        """The proxy closed (`kind` "close") or reset ("reset") the connection while `req` was
+        incomplete (None: inside the head); "idle_close" / "idle_reset": between requests."""
+        with self._lock:
+            if kind == "idle_close":
+                self.idle_closes += 1
+                return
+            if kind == "idle_reset":
+                self.idle_resets += 1
+                return
+            if kind == "reset":
+                self.proxy_resets += 1
+            else:
+                self.proxy_closes += 1
+            if req is None:
+                self.partial_heads += 1
+                return
+            self.total_cuts += 1
+            self.cuts_by_path[req.path] += 1
+            if req.tag is not None:
+                self.cuts_by_tag[req.tag] += 1
+            if req.key is not None:
+                self.cuts_by_key[req.key] += 1
+            if len(self.cut_log) < self.keep_requests:
+                self.cut_log.append((req.tag, req.path, req.key, kind, body_bytes))
+
 
 class ChaosUpstream(PlannedUpstream):
     """The HTTP/1.1 chaos upstream (see the module doc)."""
@@ -242,7 +354,12 @@ class ChaosUpstream(PlannedUpstream):
         try:
             conn.settimeout(REQUEST_READ_TIMEOUT_S)
             while not self._stopping.is_set():
-                req, buf = _read_request(conn, buf, conn_id)
+                try:
+                    req, buf = _read_request(conn, buf, conn_id, on_head=self._record_head)
+                except _PeerGone as gone:
+                    if not self._stopping.is_set():
+                        self._record_cut(gone.request, gone.kind, gone.body_bytes)
+                    return
                 if req is None:
                     break
                 self._record(req)
@@ -312,15 +429,42 @@ def _reason(status: int) -> str:
             502: "Bad Gateway", 503: "Service Unavailable"}.get(status, "Status")
 
 
-def _read_request(conn: socket.socket, buf: bytes, conn_id: int):
-    """Reads one request (headers + Content-Length or chunked body). Returns (None, b"") on EOF."""
-    while b"\r\n\r\n" not in buf:
-        if len(buf) > MAX_HEADER_BYTES:
-            raise ValueError("headers too large")
+class _PeerGone(Exception):
+    """The proxy closed or reset the connection while a request was incomplete (`request` is
+    None inside the head) or, `kind` "idle_close" / "idle_reset", between requests."""
+
+    def __init__(self, kind: str, request: Optional[Request] = None, body_bytes: int = 0):
+        super().__init__(kind)
+        self.kind, self.request, self.body_bytes = kind, request, body_bytes
+
+
+def _recv(conn: socket.socket, req: Optional[Request], started: bool, body_bytes: int = 0) -> bytes:
+    """One recv; a FIN or an RST from the peer raises _PeerGone saying where the request was
+    (`started`: some bytes of a request had arrived)."""
+    try:
         chunk = conn.recv(65536)
-        if not chunk:
+    except ConnectionResetError:
+        raise _PeerGone("reset" if started else "idle_reset", req, body_bytes) from None
+    if not chunk:
+        raise _PeerGone("close" if started else "idle_close", req, body_bytes)
+    return chunk
+
+
+def _read_request(conn: socket.socket, buf: bytes, conn_id: int,
+                  on_head: Optional[Callable[[Request], None]] = None):
+    """Reads one request (headers + Content-Length or chunked body). Returns (None, b"") when the
+    peer closes between requests; raises _PeerGone when it closes or resets mid-request (and, with
+    `on_head`, between requests too, so the idle close is counted). `on_head(request)` is called
+    as soon as the head is in, with an empty body."""
+    try:
+        while b"\r\n\r\n" not in buf:
+            if len(buf) > MAX_HEADER_BYTES:
+                raise ValueError("headers too large")
+            buf += _recv(conn, None, bool(buf))
+    except _PeerGone as gone:
+        if on_head is None and gone.kind.startswith("idle"):
             return None, b""
-        buf += chunk
+        raise
     head, buf = buf.split(b"\r\n\r\n", 1)
     lines = head.decode("latin-1").split("\r\n")
     method, path, _ = lines[0].split(" ", 2)
@@ -330,21 +474,18 @@ def _read_request(conn: socket.socket, buf: bytes, conn_id: int):
         name, _, value = line.partition(":")
         raw_headers.append((name.strip(), value.strip()))
         headers[name.strip().lower()] = value.strip()
+    req = Request(method, path, headers, raw_headers, b"", conn_id)
+    if on_head is not None:
+        on_head(req)
     body = b""
     if headers.get("transfer-encoding", "").lower() == "chunked":
         while True:
             while b"\r\n" not in buf:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return None, b""
-                buf += chunk
+                buf += _recv(conn, req, True, len(body))
             size_line, buf = buf.split(b"\r\n", 1)
             size = int(size_line.split(b";")[0], 16)
             while len(buf) < size + 2:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return None, b""
-                buf += chunk
+                buf += _recv(conn, req, True, len(body) + len(buf))
             body += buf[:size]
             buf = buf[size + 2:]
             if size == 0:
@@ -356,12 +497,11 @@ def _read_request(conn: socket.socket, buf: bytes, conn_id: int):
         if length > MAX_BODY_BYTES:
             raise ValueError("body too large")
         while len(buf) < length:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return None, b""
-            buf += chunk
+            buf += _recv(conn, req, True, len(buf))
         body, buf = buf[:length], buf[length:]
-    return Request(method, path, headers, raw_headers, body, conn_id), buf
+    req.body = body
+    req.received_at = time.monotonic()  # an attempt is timed when the whole request is in
+    return req, buf
 
 
 class DeadPort:

@@ -15,6 +15,7 @@ if str(ENVOY_DIR) not in sys.path:
 
 from harness import paths  # noqa: E402
 from harness.envoy import Envoy, stop_all  # noqa: E402
+from harness.etcd import Etcd  # noqa: E402
 from harness.upstream import ChaosUpstream, DeadPort  # noqa: E402
 
 
@@ -88,6 +89,28 @@ def envoy_factory(run_dir, request):
 def envoy(envoy_factory, upstream, dead_port):
     """Envoy with the filter and its default (empty) configuration in front of `upstream`."""
     return envoy_factory(plugin_config={}, upstream_port=upstream.port, dead_port=dead_port)
+
+
+def _etcd(request, run_dir, size):
+    cluster = Etcd(size, run_dir=run_dir / f"etcd{size}").start()
+    yield cluster
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for m in cluster.members:
+            print(f"\n--- etcd {m} log tail ---\n{m.log_tail(15)}")
+    cluster.stop()
+
+
+@pytest.fixture
+def etcd(request, run_dir):
+    """A single etcd member on loopback (data on tmpfs), stopped by PID at teardown."""
+    yield from _etcd(request, run_dir, 1)
+
+
+@pytest.fixture
+def etcd_cluster(request, run_dir):
+    """A 3-member etcd cluster on loopback: kill_leader(), lose_quorum(), restart() (harness/etcd.py)."""
+    yield from _etcd(request, run_dir, 3)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -18,6 +18,9 @@ pub enum ClusterBehaviour {
     Refuse,
     /// Never answers (the call's timeout fires).
     Hang,
+    /// An etcd v3 JSON gateway (`crate::etcd`): the reply depends on the request, and the
+    /// cluster's state is shared by every host and VM that registered the same `Etcd`.
+    Etcd(crate::etcd::Etcd),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,5 +92,41 @@ pub fn reply_for(behaviour: &ClusterBehaviour, timeout_ms: u64) -> (CalloutReply
         }
         ClusterBehaviour::Reset => (synthetic(503, RESET_BODY), 0),
         ClusterBehaviour::Refuse => (synthetic(503, REFUSED_BODY), 0),
+        // Answered by `dispatch`, which sees the request; reaching here means a caller skipped it.
+        ClusterBehaviour::Etcd(_) => (synthetic(503, REFUSED_BODY), 0),
+    }
+}
+
+fn header<'a>(headers: &'a Pairs, name: &[u8]) -> &'a [u8] {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or(&[][..], |(_, v)| v.as_slice())
+}
+
+/// The reply to a dispatched call and when it is due (ns; `u64::MAX`: never). Request-aware
+/// behaviours (etcd) see the method, path and body; an etcd call without a timeout (0, which
+/// Envoy takes as none) waits as long as etcd does.
+pub fn dispatch(
+    behaviour: &ClusterBehaviour,
+    headers: &Pairs,
+    body: &[u8],
+    now_ns: u64,
+    timeout_ms: u64,
+) -> (CalloutReply, u64) {
+    match behaviour {
+        ClusterBehaviour::Etcd(etcd) => {
+            let method = String::from_utf8_lossy(header(headers, b":method")).into_owned();
+            let path = String::from_utf8_lossy(header(headers, b":path")).into_owned();
+            let reply = etcd.dispatch(now_ns, &method, &path, body, timeout_ms);
+            let due = reply
+                .after_ms
+                .map_or(u64::MAX, |ms| now_ns.saturating_add(ms * 1_000_000));
+            (reply.to_callout(), due)
+        }
+        other => {
+            let (reply, after_ms) = reply_for(other, timeout_ms);
+            (reply, now_ns + after_ms * 1_000_000)
+        }
     }
 }

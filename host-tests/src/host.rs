@@ -71,6 +71,12 @@ impl HostBuilder {
         self
     }
 
+    /// An etcd cluster reachable as callout cluster `name` (`crate::etcd`); register the same
+    /// `Etcd` (or its `client(..)`) on several hosts to have several proxies share it.
+    pub fn etcd(self, name: &str, etcd: &crate::etcd::Etcd) -> Self {
+        self.cluster(name, etcd.behaviour())
+    }
+
     /// Starts the host on the filter's release .wasm.
     pub fn start(self) -> VmResult<Host> {
         let module = wasm::filter_module().map_err(VmError::Load)?;
@@ -191,6 +197,22 @@ impl Host {
         for vm in &mut self.vms {
             lock(&vm.state().host).now_ns = start;
             crate::events::advance(vm, ms)?;
+        }
+        // etcd clusters live on this clock too: leases that ran out expire now.
+        let (now, etcds) = {
+            let s = self.shared();
+            let etcds: Vec<crate::etcd::Etcd> = s
+                .clusters
+                .values()
+                .filter_map(|b| match b {
+                    ClusterBehaviour::Etcd(e) => Some(e.clone()),
+                    _ => None,
+                })
+                .collect();
+            (s.now_ns, etcds)
+        };
+        for e in etcds {
+            e.observe(now);
         }
         Ok(())
     }

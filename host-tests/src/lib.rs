@@ -4,10 +4,11 @@
 //!
 //! `Host` holds the process (workers, shared data, metrics, clock, log); `Vm` one worker's
 //! instance; `exchange` plays a stream (`request_side`, the `router` model, `response_side`); `scenario`
-//! runs the JSON corpus in `scenarios/`.
+//! runs the JSON corpus in `scenarios/`; `etcd` is an etcd v3 JSON gateway behind `proxy_http_call`.
 
 pub mod abi;
 pub mod callout;
+pub mod etcd;
 pub mod events;
 pub mod exchange;
 pub mod faults;
@@ -29,6 +30,7 @@ pub mod wasm;
 
 pub use abi::LogLevel;
 pub use callout::ClusterBehaviour;
+pub use etcd::Etcd;
 pub use host::Host;
 pub use profiles::Profile;
 pub use request::{Callback, Exchange, Request};

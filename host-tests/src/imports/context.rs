@@ -2,7 +2,7 @@
 
 use super::{code, enter};
 use crate::abi::{decode_pairs, status, LogLevel};
-use crate::callout::{headers_valid, reply_for, Callout};
+use crate::callout::{dispatch, headers_valid, Callout};
 use crate::memory::{read, write_u32, write_u64};
 use crate::state::{LogLine, VmState};
 use wasmtime::{Caller, Linker};
@@ -107,7 +107,7 @@ fn http_call(
     if !headers_valid(&headers) {
         return status::BAD_ARGUMENT;
     }
-    let (reply, after_ms) = reply_for(&behaviour, timeout as u32 as u64);
+    let (reply, due_ns) = dispatch(&behaviour, &headers, &body, now, timeout as u32 as u64);
     let token = state.next_token;
     state.next_token += 1;
     state.callouts.push(Callout {
@@ -116,7 +116,7 @@ fn http_call(
         cluster,
         request_headers: headers,
         request_body: body,
-        due_ns: now + after_ms * 1_000_000,
+        due_ns,
         reply,
     });
     code(write_u32(&mut c, rt, token))

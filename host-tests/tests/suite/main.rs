@@ -14,6 +14,7 @@ mod filter_route_override;
 mod fuzz;
 mod host_abi;
 mod host_envoy;
+mod host_etcd;
 mod host_stop_all;
 mod hostile;
 mod security_claims;
