@@ -169,8 +169,11 @@ impl IdempotencyConfig {
         let when_full = r.one_of("when_full", defaults.when_full, WhenFull::NAMES)?;
         let retry_keyed_requests = r.bool("retry_keyed_requests", defaults.retry_keyed_requests)?;
         let require_store = r.bool("require_store", defaults.require_store)?;
-        let unknown_outcome =
-            r.one_of("unknown_outcome", defaults.unknown_outcome, UnknownOutcome::NAMES)?;
+        let unknown_outcome = r.one_of(
+            "unknown_outcome",
+            defaults.unknown_outcome,
+            UnknownOutcome::NAMES,
+        )?;
         r.finish()?;
         let config = IdempotencyConfig {
             enabled,

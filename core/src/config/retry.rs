@@ -70,7 +70,6 @@ impl RetryOn {
     }
 }
 
-
 /// Methods RFC 9110 §9.2.2 defines as idempotent.
 pub const RFC9110_IDEMPOTENT: &[&str] = &["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
 

@@ -39,9 +39,7 @@ fn shape_of(node: &Value) -> Shape {
     match node.get("type").and_then(Value::as_str) {
         Some("boolean") => Shape::Bool,
         Some("integer") => Shape::Integer,
-        Some("array") => Shape::List(Box::new(
-            node.get("items").map_or(Shape::Text, shape_of),
-        )),
+        Some("array") => Shape::List(Box::new(node.get("items").map_or(Shape::Text, shape_of))),
         Some("object") => Shape::Object(
             node.get("properties")
                 .and_then(Value::as_object)

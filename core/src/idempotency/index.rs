@@ -671,10 +671,10 @@ mod tests {
     /// One generated entry: (identity byte, time kind, time offset, owner, slot, state kind).
     fn entry_of((id, when, offset, owner, slot, kind): (u8, u8, u64, u64, u16, u8)) -> Entry {
         let time = match when {
-            0 => NOW - offset % 1_000,            // expired
-            1 => NOW + offset % (2 * TTL),        // maybe beyond its horizon
-            2 => NOW + 1 + offset % LOCK,         // live in-flight range
-            _ => u64::MAX - offset % 10,          // a clock that ran far ahead
+            0 => NOW - offset % 1_000,     // expired
+            1 => NOW + offset % (2 * TTL), // maybe beyond its horizon
+            2 => NOW + 1 + offset % LOCK,  // live in-flight range
+            _ => u64::MAX - offset % 10,   // a clock that ran far ahead
         };
         Entry {
             identity: [id; 16],

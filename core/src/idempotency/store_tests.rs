@@ -517,7 +517,9 @@ proptest::proptest! {
 #[test]
 fn a_storm_contends_for_real() {
     // The storm must produce CAS conflicts, or the property above proves little.
-    let script = (0..4_000u32).map(|i| i.wrapping_mul(2_654_435_761) >> 7).collect();
+    let script = (0..4_000u32)
+        .map(|i| i.wrapping_mul(2_654_435_761) >> 7)
+        .collect();
     assert!(storm(script) > 0);
 }
 

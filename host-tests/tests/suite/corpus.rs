@@ -17,7 +17,11 @@ fn every_scenario_passes_on_the_mock_host() {
     assert!(!files.is_empty(), "no scenarios in {}", dir.display());
     if let Ok(only) = std::env::var("RESETGUARD_SCENARIO") {
         files.retain(|p| p.file_stem().is_some_and(|s| s == only.as_str()));
-        assert!(!files.is_empty(), "no scenario named {only:?} in {}", dir.display());
+        assert!(
+            !files.is_empty(),
+            "no scenario named {only:?} in {}",
+            dir.display()
+        );
     }
     let mut failures = Vec::new();
     for file in &files {
