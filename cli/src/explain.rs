@@ -285,6 +285,7 @@ fn key_lines(out: &mut String, d: &Decision<'_, '_>, policy: PolicyRef<'_>, requ
                         problem,
                         detail,
                         retry_after_s,
+                        ..
                     },
                     _,
                 ) => {

@@ -9,7 +9,7 @@ use crate::metrics::{Counter, Metrics};
 use proxy_wasm::types::Action;
 use resetguard_core::idempotency::scope::RequestHead;
 use resetguard_core::idempotency::store::{
-    Finish, IdempotencyStore, Report, StoreError, StoreResult,
+    Completion, Finish, IdempotencyStore, Report, StoreError, StoreResult,
 };
 use resetguard_core::idempotency::verdict::Judgement;
 use resetguard_core::idempotency::Idempotency;
@@ -80,7 +80,8 @@ fn send(reply: &Answer) -> host::HostResult<()> {
             problem,
             detail,
             retry_after_s,
-        } => local_response::send_problem(*problem, detail, *retry_after_s),
+            upstream_status,
+        } => local_response::send_problem(*problem, detail, *retry_after_s, *upstream_status),
         Answer::Replay(response) => local_response::send_replay(response),
     }
 }
@@ -241,11 +242,13 @@ fn settle_on(
 ) -> StoreResult<Report<Finish>> {
     match settlement {
         Settlement::Store { ticket, response } => {
-            store.complete(ticket, response.status, Some(response), now)
+            store.complete(ticket, response.status, Completion::Response(response), now)
         }
-        Settlement::CompleteUnreplayable { ticket, status } => {
-            store.complete(ticket, *status, None, now)
-        }
+        Settlement::CompleteUnreplayable {
+            ticket,
+            status,
+            reason,
+        } => store.complete(ticket, *status, Completion::Unreplayable(*reason), now),
         Settlement::Release { ticket } => store.release(ticket, now),
     }
 }
@@ -256,6 +259,7 @@ fn settle_on(
 pub struct EndFacts {
     flags: Option<Option<u64>>,
     details: Option<Option<Vec<u8>>>,
+    upstream_address: Option<bool>,
 }
 
 impl StreamFacts for EndFacts {
@@ -275,6 +279,8 @@ impl StreamFacts for EndFacts {
     }
 
     fn upstream_address(&mut self) -> bool {
-        matches!(host::property(&["upstream", "address"]), Ok(Some(a)) if !a.is_empty())
+        *self.upstream_address.get_or_insert_with(
+            || matches!(host::property(&["upstream", "address"]), Ok(Some(a)) if !a.is_empty()),
+        )
     }
 }

@@ -8,7 +8,12 @@ use resetguard_core::idempotency::recorded::RecordedResponse;
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 const REPLAY_DETAILS: &str = "resetguard_idempotency_replay";
 
-pub fn send_problem(problem: Problem, detail: &str, retry_after_s: Option<u32>) -> HostResult<()> {
+pub fn send_problem(
+    problem: Problem,
+    detail: &str,
+    retry_after_s: Option<u32>,
+    upstream_status: Option<u16>,
+) -> HostResult<()> {
     let retry_after = retry_after_s.map(|s| s.to_string());
     let mut headers: Vec<(&str, &[u8])> = vec![("content-type", CONTENT_TYPE.as_bytes())];
     if let Some(value) = &retry_after {
@@ -17,7 +22,7 @@ pub fn send_problem(problem: Problem, detail: &str, retry_after_s: Option<u32>) 
     host::send_local_response(
         problem.status(),
         problem.details(),
-        &problem.body(detail),
+        &problem.body(detail, upstream_status),
         &headers,
     )
 }

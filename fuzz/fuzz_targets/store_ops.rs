@@ -8,7 +8,10 @@
 use libfuzzer_sys::fuzz_target;
 use resetguard_core::idempotency::recorded::RecordedResponse;
 use resetguard_core::idempotency::shared_kv::{MemoryKv, SharedKv};
-use resetguard_core::idempotency::store::{Claim, IdempotencyStore, ShardedStore, StoreLimits, Ticket};
+use resetguard_core::idempotency::index::Unreplayable;
+use resetguard_core::idempotency::store::{
+    Claim, Completion, IdempotencyStore, ShardedStore, StoreLimits, Ticket,
+};
 use resetguard_fuzz::Input;
 
 const SHARDS: u32 = 2;
@@ -69,10 +72,12 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let keep = input.bool();
                 let status = response.status;
-                if store
-                    .complete(&ticket, status, keep.then_some(&response), now)
-                    .is_ok()
-                    && keep
+                let completion = if keep {
+                    Completion::Response(&response)
+                } else {
+                    Completion::Unreplayable(Unreplayable::ALL[usize::from(input.u8()) % 5])
+                };
+                if store.complete(&ticket, status, completion, now).is_ok() && keep
                 {
                     stored.push((ticket.identity, ticket.fingerprint, response));
                 }

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resetguard_core::idempotency::index::{Decision, ShardIndex, NO_SLOT};
+use resetguard_core::idempotency::index::{Decision, ShardIndex, Unreplayable, NO_SLOT};
 use resetguard_core::idempotency::recorded::{is_stored_header, RecordedResponse};
 use resetguard_fuzz::Input;
 
@@ -104,8 +104,11 @@ fn index_transitions(input: &mut Input<'_>) {
                 let _ = index.renew(&identity, owner, now + lock);
             }
             3 => {
-                let replayable = input.bool();
-                if index.complete(&identity, owner, input.u16(), now + ttl, replayable) {
+                let unreplayable = match input.u8() % 6 {
+                    0 => None,
+                    n => Some(Unreplayable::ALL[usize::from(n - 1)]),
+                };
+                if index.complete(&identity, owner, input.u16(), now + ttl, unreplayable) {
                     assert!(index.claim_of(&identity, owner).is_none());
                 }
             }

@@ -35,11 +35,12 @@ pub enum WhenFull {
 /// came back (a reset after sending, a timeout, a client abort before the answer).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum UnknownOutcome {
-    /// Release the key so the client's retry runs (the draft's behaviour; the upstream may see
-    /// the request twice if it applied it before failing).
+    /// Release the key so the client's retry runs (opt-in: the upstream sees the request twice
+    /// whenever it applied it before the failure).
     Release,
-    /// Complete the key without a response: a retry gets 409 `response-not-replayable`, the
-    /// request never runs twice. Failures that prove the request was never sent still release.
+    /// Complete the key without a response (the default): a retry gets 409 `outcome-unknown` or
+    /// `client-left`, the request never runs twice. Failures that prove the request was never
+    /// sent still release.
     Complete,
 }
 
@@ -111,7 +112,7 @@ impl Default for IdempotencyConfig {
             when_full: WhenFull::Reject,
             retry_keyed_requests: false,
             require_store: false,
-            unknown_outcome: UnknownOutcome::Release,
+            unknown_outcome: UnknownOutcome::Complete,
         }
     }
 }

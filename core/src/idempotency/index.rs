@@ -4,6 +4,8 @@
 //!
 //! Layout: `RGI1`, entry count (u16 LE), then fixed 53-byte entries:
 //! identity (16) | fingerprint (16) | owner (u64) | slot (u16) | status (u16) | kind (u8) | time (u64).
+//! `status` is the upstream's (0: no upstream response was received); `kind` is 1 in flight,
+//! 2 completed and replayable, 3..=7 completed without a replayable copy, by [`Unreplayable`].
 
 pub type Identity = [u8; 16];
 pub type Fingerprint = [u8; 16];
@@ -18,8 +20,54 @@ pub const NO_SLOT: u16 = u16::MAX;
 pub enum EntryState {
     /// Claimed by a request that is still upstream; reclaimable after the lock deadline.
     InFlight { lock_deadline_ms: u64 },
-    /// Executed; the response (if `replayable`) is in the entry's slot until `expiry_ms`.
-    Completed { expiry_ms: u64, replayable: bool },
+    /// Executed (or may have been): never again until `expiry_ms`. The response is in the
+    /// entry's slot when `replayable` is `None`; else why there is none.
+    Completed {
+        expiry_ms: u64,
+        unreplayable: Option<Unreplayable>,
+    },
+}
+
+/// Why a completed key has no response to replay: each is a problem type of its own.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Unreplayable {
+    /// The response exceeded `max_response_body_bytes` (or 16 KiB of headers).
+    TooLarge,
+    /// The upstream's response could not be kept as it was (it had trailers, or the host did not
+    /// hand over a body chunk).
+    NotStorable,
+    /// The response started but was cut off before its end by the upstream side.
+    CutOff,
+    /// The request reached the upstream and no response came back (a reset after sending, a
+    /// timeout): whether it was applied is unknown.
+    OutcomeUnknown,
+    /// The client left while the upstream had the request (or during its response).
+    ClientLeft,
+}
+
+impl Unreplayable {
+    pub const ALL: [Unreplayable; 5] = [
+        Unreplayable::TooLarge,
+        Unreplayable::NotStorable,
+        Unreplayable::CutOff,
+        Unreplayable::OutcomeUnknown,
+        Unreplayable::ClientLeft,
+    ];
+
+    /// The entry's kind byte.
+    fn kind(self) -> u8 {
+        match self {
+            Unreplayable::TooLarge => 3,
+            Unreplayable::CutOff => 4,
+            Unreplayable::OutcomeUnknown => 5,
+            Unreplayable::ClientLeft => 6,
+            Unreplayable::NotStorable => 7,
+        }
+    }
+
+    fn of_kind(kind: u8) -> Option<Unreplayable> {
+        Unreplayable::ALL.into_iter().find(|u| u.kind() == kind)
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -85,6 +133,7 @@ pub enum Decision {
     },
     NotReplayable {
         status: u16,
+        reason: Unreplayable,
     },
     Full {
         retry_after_s: u32,
@@ -130,7 +179,7 @@ impl ShardIndex {
         let body = entries_of(raw)
             .filter(|body| {
                 body.chunks_exact(ENTRY_LEN)
-                    .all(|e| matches!(e.get(KIND_AT), Some(1..=3)))
+                    .all(|e| matches!(e.get(KIND_AT), Some(1..=7)))
             })
             .unwrap_or_default();
         let mut live = 0usize;
@@ -237,13 +286,16 @@ impl ShardIndex {
             return match e.state {
                 EntryState::InFlight { .. } => Decision::InFlight,
                 EntryState::Completed {
-                    replayable: true, ..
+                    unreplayable: None, ..
                 } if e.slot != NO_SLOT => Decision::Replay {
                     slot: e.slot,
                     owner: e.owner,
                     status: e.status,
                 },
-                EntryState::Completed { .. } => Decision::NotReplayable { status: e.status },
+                EntryState::Completed { unreplayable, .. } => Decision::NotReplayable {
+                    status: e.status,
+                    reason: unreplayable.unwrap_or(Unreplayable::NotStorable),
+                },
             };
         }
         let slot = match self.free_slot(capacity) {
@@ -326,14 +378,15 @@ impl ShardIndex {
         }
     }
 
-    /// Turns a held claim into a completed entry; false if the claim is gone.
+    /// Turns a held claim into a completed entry (its response in the slot, or why it has none);
+    /// false if the claim is gone.
     pub fn complete(
         &mut self,
         identity: &Identity,
         owner: u64,
         status: u16,
         expiry_ms: u64,
-        replayable: bool,
+        unreplayable: Option<Unreplayable>,
     ) -> bool {
         match self
             .entries
@@ -342,12 +395,12 @@ impl ShardIndex {
         {
             Some(e) => {
                 e.status = status;
-                if !replayable {
+                if unreplayable.is_some() {
                     e.slot = NO_SLOT;
                 }
                 e.state = EntryState::Completed {
                     expiry_ms,
-                    replayable,
+                    unreplayable,
                 };
                 true
             }
@@ -368,12 +421,12 @@ fn encode_entry(e: &Entry, raw: &mut [u8]) {
         EntryState::InFlight { lock_deadline_ms } => (1u8, lock_deadline_ms),
         EntryState::Completed {
             expiry_ms,
-            replayable: true,
+            unreplayable: None,
         } => (2, expiry_ms),
         EntryState::Completed {
             expiry_ms,
-            replayable: false,
-        } => (3, expiry_ms),
+            unreplayable: Some(why),
+        } => (why.kind(), expiry_ms),
     };
     let Some((identity, rest)) = raw.split_first_chunk_mut::<16>() else {
         return;
@@ -404,7 +457,7 @@ fn encode_entry(e: &Entry, raw: &mut [u8]) {
     }
 }
 
-/// Offset of an entry's kind byte (1 in flight, 2 completed, 3 completed unreplayable); its
+/// Offset of an entry's kind byte (1 in flight, 2 completed, 3..=7 completed unreplayable); its
 /// deadline (u64) follows.
 const KIND_AT: usize = 44;
 
@@ -443,13 +496,12 @@ fn decode_entry(raw: &[u8]) -> Option<Entry> {
         },
         2 => EntryState::Completed {
             expiry_ms: time,
-            replayable: true,
+            unreplayable: None,
         },
-        3 => EntryState::Completed {
+        kind => EntryState::Completed {
             expiry_ms: time,
-            replayable: false,
+            unreplayable: Some(Unreplayable::of_kind(*kind)?),
         },
-        _ => return None,
     };
     Some(Entry {
         identity: array16(0)?,
@@ -481,10 +533,10 @@ mod tests {
             index.decide(&ID_B, &FP, 8, 1000, 500, 4),
             Decision::Claim { slot: 1 }
         );
-        assert!(index.complete(&ID_B, 8, 201, 9000, true));
+        assert!(index.complete(&ID_B, 8, 201, 9000, None));
         let id_c = [3; 16];
         index.decide(&id_c, &FP, 9, 1000, 500, 4);
-        assert!(index.complete(&id_c, 9, 500, 9000, false));
+        assert!(index.complete(&id_c, 9, 500, 9000, Some(Unreplayable::TooLarge)));
         let raw = index.encode();
         assert_eq!(raw.len(), HEADER_LEN + 3 * ENTRY_LEN);
         // The documented layout, byte for byte: workers of one process share it.
@@ -518,7 +570,7 @@ mod tests {
             index.decide(&ID_B, &FP, 8, year, 500, 4),
             Decision::Claim { slot: 1 }
         );
-        assert!(index.complete(&ID_B, 8, 201, year + 9_000, true));
+        assert!(index.complete(&ID_B, 8, 201, year + 9_000, None));
         // The clock is corrected: without clamping both would live for another year.
         assert!(index.clamp_to_horizon(1_000, 500, 9_000));
         assert!(!index.clamp_to_horizon(1_000, 500, 9_000), "idempotent");
@@ -542,8 +594,8 @@ mod tests {
             index.decide(&ID_A, &OTHER_FP, 8, 1001, 500, 4),
             Decision::PayloadMismatch
         );
-        assert!(!index.complete(&ID_A, 8, 200, 5000, true), "not the owner");
-        assert!(index.complete(&ID_A, 7, 201, 5000, true));
+        assert!(!index.complete(&ID_A, 8, 200, 5000, None), "not the owner");
+        assert!(index.complete(&ID_A, 7, 201, 5000, None));
         assert_eq!(
             index.decide(&ID_A, &FP, 9, 4999, 500, 4),
             Decision::Replay {
@@ -588,7 +640,7 @@ mod tests {
             }
         );
         assert!(
-            !index.complete(&ID_A, 8, 200, 9000, true),
+            !index.complete(&ID_A, 8, 200, 9000, None),
             "a reclaimed claim cannot complete"
         );
     }
@@ -597,10 +649,13 @@ mod tests {
     fn unreplayable_completions_keep_the_key_but_free_the_slot() {
         let mut index = ShardIndex::default();
         index.decide(&ID_A, &FP, 7, 1000, 500, 2);
-        assert!(index.complete(&ID_A, 7, 200, 9000, false));
+        assert!(index.complete(&ID_A, 7, 200, 9000, Some(Unreplayable::TooLarge)));
         assert_eq!(
             index.decide(&ID_A, &FP, 8, 1000, 500, 2),
-            Decision::NotReplayable { status: 200 }
+            Decision::NotReplayable {
+                status: 200,
+                reason: Unreplayable::TooLarge
+            }
         );
         assert_eq!(
             index.decide(&ID_B, &FP, 8, 1000, 500, 2),
@@ -645,7 +700,7 @@ mod tests {
             status: 200,
             state: EntryState::Completed {
                 expiry_ms: 9_000,
-                replayable: slot != NO_SLOT,
+                unreplayable: (slot == NO_SLOT).then_some(Unreplayable::TooLarge),
             },
         };
         let mut index = ShardIndex {
@@ -688,7 +743,7 @@ mod tests {
                 },
                 kind => EntryState::Completed {
                     expiry_ms: time,
-                    replayable: kind == 1,
+                    unreplayable: (kind != 1).then_some(Unreplayable::ALL[usize::from(kind) % 5]),
                 },
             },
         }
@@ -736,10 +791,39 @@ mod tests {
         let before = index.clone();
         assert_eq!(index.peek(&ID_A, 1000, 1), Peek::InFlight);
         assert_eq!(index.peek(&ID_B, 1000, 1), Peek::Full { retry_after_s: 1 });
-        index.complete(&ID_A, 7, 200, 61_000, true);
+        index.complete(&ID_A, 7, 200, 61_000, None);
         assert_eq!(index.peek(&ID_A, 1000, 1), Peek::Completed);
         assert_eq!(index.peek(&ID_B, 1000, 1), Peek::Full { retry_after_s: 60 });
         assert_eq!(before.entries.len(), index.entries.len());
+    }
+
+    #[test]
+    fn each_reason_a_key_is_unreplayable_survives_the_encoding() {
+        for (n, why) in Unreplayable::ALL.into_iter().enumerate() {
+            let mut index = ShardIndex::default();
+            let id = [n as u8 + 1; 16];
+            index.decide(&id, &FP, 7, 1000, 500, 2);
+            let status = if why == Unreplayable::OutcomeUnknown {
+                0
+            } else {
+                201
+            };
+            assert!(index.complete(&id, 7, status, 9000, Some(why)));
+            let mut decoded = ShardIndex::decode(&index.encode()).unwrap();
+            assert_eq!(
+                decoded.decide(&id, &FP, 8, 1000, 500, 2),
+                Decision::NotReplayable {
+                    status,
+                    reason: why
+                },
+                "{why:?}"
+            );
+            let raw = index.encode();
+            assert_eq!(
+                ShardIndex::peek_encoded(&raw, &id, 1000, (500, 60_000), 2),
+                Peek::Completed
+            );
+        }
     }
 
     #[test]

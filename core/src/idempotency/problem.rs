@@ -10,12 +10,18 @@ pub enum Problem {
     StoreFull,
     StoreBusy,
     BodyTooLarge,
-    /// The key completed but its response could not be kept (too large, or lost in a race).
+    /// The key completed but its response could not be kept (too large, trailers, lost in a race).
     ResponseNotReplayable,
+    /// The key's request ran, and the upstream's response was cut off before its end.
+    ResponseCutOff,
+    /// The key's request reached the upstream and no response came back: applied or not, unknown.
+    OutcomeUnknown,
+    /// The client left while the key's request was upstream (or during its response).
+    ClientLeft,
 }
 
 impl Problem {
-    pub const ALL: [Problem; 8] = [
+    pub const ALL: [Problem; 11] = [
         Problem::KeyMissing,
         Problem::KeyMalformed,
         Problem::InFlight,
@@ -24,6 +30,9 @@ impl Problem {
         Problem::StoreBusy,
         Problem::BodyTooLarge,
         Problem::ResponseNotReplayable,
+        Problem::ResponseCutOff,
+        Problem::OutcomeUnknown,
+        Problem::ClientLeft,
     ];
 
     pub fn type_uri(self) -> &'static str {
@@ -38,13 +47,20 @@ impl Problem {
             Problem::ResponseNotReplayable => {
                 "urn:resetguard:problem:idempotency-response-not-replayable"
             }
+            Problem::ResponseCutOff => "urn:resetguard:problem:idempotency-response-cut-off",
+            Problem::OutcomeUnknown => "urn:resetguard:problem:idempotency-outcome-unknown",
+            Problem::ClientLeft => "urn:resetguard:problem:idempotency-client-left",
         }
     }
 
     pub fn status(self) -> u32 {
         match self {
             Problem::KeyMissing | Problem::KeyMalformed => 400,
-            Problem::InFlight | Problem::ResponseNotReplayable => 409,
+            Problem::InFlight
+            | Problem::ResponseNotReplayable
+            | Problem::ResponseCutOff
+            | Problem::OutcomeUnknown
+            | Problem::ClientLeft => 409,
             Problem::PayloadMismatch => 422,
             Problem::BodyTooLarge => 413,
             Problem::StoreFull | Problem::StoreBusy => 503,
@@ -63,6 +79,15 @@ impl Problem {
             Problem::ResponseNotReplayable => {
                 "The response for this Idempotency-Key cannot be replayed"
             }
+            Problem::ResponseCutOff => {
+                "The response for this Idempotency-Key was cut off and cannot be replayed"
+            }
+            Problem::OutcomeUnknown => {
+                "The outcome of the request with this Idempotency-Key is unknown"
+            }
+            Problem::ClientLeft => {
+                "The client left before the response for this Idempotency-Key was complete"
+            }
         }
     }
 
@@ -77,19 +102,25 @@ impl Problem {
             Problem::StoreBusy => "resetguard_idempotency_store_busy",
             Problem::BodyTooLarge => "resetguard_idempotency_body_too_large",
             Problem::ResponseNotReplayable => "resetguard_idempotency_not_replayable",
+            Problem::ResponseCutOff => "resetguard_idempotency_response_cut_off",
+            Problem::OutcomeUnknown => "resetguard_idempotency_outcome_unknown",
+            Problem::ClientLeft => "resetguard_idempotency_client_left",
         }
     }
 
-    /// The `application/problem+json` body (members in key order).
-    pub fn body(self, detail: &str) -> Vec<u8> {
-        serde_json::json!({
+    /// The `application/problem+json` body (members in key order), with the status the upstream
+    /// sent for the key's request as the extension member `upstream_status` when one is known.
+    pub fn body(self, detail: &str, upstream_status: Option<u16>) -> Vec<u8> {
+        let mut body = serde_json::json!({
             "type": self.type_uri(),
             "title": self.title(),
             "status": self.status(),
             "detail": detail,
-        })
-        .to_string()
-        .into_bytes()
+        });
+        if let (Some(status), Some(members)) = (upstream_status, body.as_object_mut()) {
+            members.insert("upstream_status".to_string(), status.into());
+        }
+        body.to_string().into_bytes()
     }
 }
 
@@ -102,7 +133,8 @@ mod tests {
     #[test]
     fn bodies_are_rfc9457_with_stable_types() {
         for p in Problem::ALL {
-            let v: serde_json::Value = serde_json::from_slice(&p.body("why \"quoted\"")).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&p.body("why \"quoted\"", None)).unwrap();
             assert_eq!(v["type"], p.type_uri());
             assert!(p
                 .type_uri()
@@ -113,7 +145,7 @@ mod tests {
             assert!(!p.details().contains(' '));
         }
         assert_eq!(
-            String::from_utf8(Problem::KeyMissing.body("a\nb")).unwrap(),
+            String::from_utf8(Problem::KeyMissing.body("a\nb", None)).unwrap(),
             "{\"detail\":\"a\\nb\",\"status\":400,\"title\":\"Idempotency-Key is missing\",\
              \"type\":\"urn:resetguard:problem:idempotency-key-missing\"}"
         );
@@ -121,7 +153,15 @@ mod tests {
         assert_eq!(Problem::InFlight.status(), 409);
         assert_eq!(Problem::PayloadMismatch.status(), 422);
         let mut types: Vec<_> = Problem::ALL.iter().map(|p| p.type_uri()).collect();
+        types.sort();
         types.dedup();
         assert_eq!(types.len(), Problem::ALL.len());
+        let v: serde_json::Value =
+            serde_json::from_slice(&Problem::ResponseCutOff.body("d", Some(201))).unwrap();
+        assert_eq!(v["upstream_status"], 201);
+        assert!(v.get("upstream_status").is_some());
+        let v: serde_json::Value =
+            serde_json::from_slice(&Problem::OutcomeUnknown.body("d", None)).unwrap();
+        assert!(v.get("upstream_status").is_none());
     }
 }

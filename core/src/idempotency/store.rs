@@ -1,7 +1,9 @@
 //! The shared idempotency store over a `SharedKv` (Envoy shared data in production).
 //! The design (claim algorithm, memory bound, races) is documented in the parent module.
 
-use super::index::{Decision, Fingerprint, Identity, Peek, Reclaimed, ShardIndex, NO_SLOT};
+use super::index::{
+    Decision, Fingerprint, Identity, Peek, Reclaimed, ShardIndex, Unreplayable, NO_SLOT,
+};
 use super::recorded::RecordedResponse;
 use super::shared_kv::{KvError, SharedKv};
 
@@ -49,15 +51,24 @@ pub enum Claim {
     InFlight,
     PayloadMismatch,
     Replay(RecordedResponse),
-    /// Executed before, but its response was not kept (or its slot was lost in a race).
+    /// Executed before (or may have been), without a response to replay: why, and the status the
+    /// upstream sent (0: none came back).
     NotReplayable {
         status: u16,
+        reason: Unreplayable,
     },
     Full {
         retry_after_s: u32,
     },
     /// CAS attempts exhausted: too many concurrent writers on this shard.
     Busy,
+}
+
+/// What a completed key keeps: the upstream's response, or why there is none to replay.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Completion<'a> {
+    Response(&'a RecordedResponse),
+    Unreplayable(Unreplayable),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -100,12 +111,13 @@ pub trait IdempotencyStore {
         owner: u64,
         now_ms: u64,
     ) -> StoreResult<Report<Claim>>;
-    /// Stores the upstream's response (`None`: too large to keep, the key still counts as done).
+    /// Completes the key: it never runs again within its TTL. `status` is the upstream's (0 when
+    /// none came back); `completion` the response to replay, or why there is none.
     fn complete(
         &self,
         ticket: &Ticket,
         status: u16,
-        response: Option<&RecordedResponse>,
+        completion: Completion<'_>,
         now_ms: u64,
     ) -> StoreResult<Report<Finish>>;
     /// Gives the key back so that a retry runs (the proxy, not the upstream, answered).
@@ -253,7 +265,11 @@ impl<K: SharedKv> ShardedStore<K> {
             .and_then(|(raw, _)| RecordedResponse::decode(&raw, identity, owner));
         Ok(match stored {
             Some(response) => Claim::Replay(response),
-            None => Claim::NotReplayable { status },
+            // The slot was reused or clobbered in a race: the response is lost, not replayable.
+            None => Claim::NotReplayable {
+                status,
+                reason: Unreplayable::NotStorable,
+            },
         })
     }
 }
@@ -307,7 +323,9 @@ impl<K: SharedKv> IdempotencyStore for ShardedStore<K> {
             }),
             Some(Decision::InFlight) => Claim::InFlight,
             Some(Decision::PayloadMismatch) => Claim::PayloadMismatch,
-            Some(Decision::NotReplayable { status }) => Claim::NotReplayable { status },
+            Some(Decision::NotReplayable { status, reason }) => {
+                Claim::NotReplayable { status, reason }
+            }
             Some(Decision::Full { retry_after_s }) => Claim::Full { retry_after_s },
             Some(Decision::Replay {
                 slot,
@@ -326,15 +344,23 @@ impl<K: SharedKv> IdempotencyStore for ShardedStore<K> {
         &self,
         ticket: &Ticket,
         status: u16,
-        response: Option<&RecordedResponse>,
+        completion: Completion<'_>,
         now_ms: u64,
     ) -> StoreResult<Report<Finish>> {
         let shard = self.shard_of(&ticket.identity);
         let limits = self.limits;
         let mut conflicts = 0;
         let mut reclaimed = Reclaimed::default();
-        let encoded = response.and_then(|r| r.encode(&ticket.identity, ticket.owner));
-        let replayable = encoded.is_some() && ticket.slot != NO_SLOT;
+        let (encoded, unreplayable) = match completion {
+            Completion::Response(r) => match r.encode(&ticket.identity, ticket.owner) {
+                // More headers than the slot format can count.
+                None => (None, Some(Unreplayable::TooLarge)),
+                Some(_) if ticket.slot == NO_SLOT => (None, Some(Unreplayable::NotStorable)),
+                encoded => (encoded, None),
+            },
+            Completion::Unreplayable(why) => (None, Some(why)),
+        };
+        let replayable = unreplayable.is_none();
         // A claim whose own deadline is at least half a lock timeout away needs no check: only its
         // owner moves that deadline, and a reclaim needs a clock past it, so the read below would
         // find it held and change nothing. (A wall clock set back by more than that after a
@@ -383,7 +409,7 @@ impl<K: SharedKv> IdempotencyStore for ShardedStore<K> {
         }
         let expiry = now_ms.saturating_add(limits.ttl_ms);
         let done = self.update(shard, now_ms, |index| {
-            let ok = index.complete(&ticket.identity, ticket.owner, status, expiry, replayable);
+            let ok = index.complete(&ticket.identity, ticket.owner, status, expiry, unreplayable);
             (ok, ok)
         })?;
         let outcome = match done.value {

@@ -1,7 +1,7 @@
 //! The store against an in-memory `SharedKv` with Envoy's exact semantics, including several
 //! "workers" interleaved between a read and its CAS write, and CAS-conflict storms.
 
-use super::index::{Fingerprint, Identity, Reclaimed};
+use super::index::{Fingerprint, Identity, Reclaimed, Unreplayable};
 use super::recorded::RecordedResponse;
 use super::shared_kv::{KvError, MemoryKv, NoKv, SharedKv};
 use super::store::*;
@@ -94,7 +94,7 @@ fn first_request_runs_then_the_response_is_replayed_within_ttl() {
         Claim::PayloadMismatch
     );
     let done = store
-        .complete(&t, 201, Some(&response("made")), 300)
+        .complete(&t, 201, Completion::Response(&response("made")), 300)
         .unwrap();
     assert_eq!(done.value, Finish::Stored);
     for now in [301, 5_000, 10_299] {
@@ -133,7 +133,8 @@ fn peek_sees_claims_of_other_workers_without_writing() {
         super::index::Peek::Absent,
         "lock expired"
     );
-    a.complete(&t, 200, Some(&response("r")), 20).unwrap();
+    a.complete(&t, 200, Completion::Response(&response("r")), 20)
+        .unwrap();
     assert_eq!(b.peek(&id(1), 30).unwrap(), super::index::Peek::Completed);
     assert_eq!(kv.sets.get(), writes + 2, "only the completion wrote");
 }
@@ -147,14 +148,14 @@ fn released_keys_run_again_and_stale_tickets_are_lost() {
     let t2 = ticket(store.claim(&id(1), &FP, 8, 20).unwrap().value);
     assert_eq!(
         store
-            .complete(&t, 200, Some(&response("x")), 30)
+            .complete(&t, 200, Completion::Response(&response("x")), 30)
             .unwrap()
             .value,
         Finish::Lost
     );
     assert_eq!(
         store
-            .complete(&t2, 200, Some(&response("y")), 30)
+            .complete(&t2, 200, Completion::Response(&response("y")), 30)
             .unwrap()
             .value,
         Finish::Stored
@@ -175,14 +176,19 @@ fn a_vanished_worker_releases_its_key_after_the_lock_timeout() {
     // The stalled worker comes back: its claim is gone, it must not store anything.
     assert_eq!(
         store
-            .complete(&abandoned, 200, Some(&response("late")), 1_001)
+            .complete(
+                &abandoned,
+                200,
+                Completion::Response(&response("late")),
+                1_001
+            )
             .unwrap()
             .value,
         Finish::Lost
     );
     assert_eq!(
         store
-            .complete(&t, 200, Some(&response("on time")), 1_002)
+            .complete(&t, 200, Completion::Response(&response("on time")), 1_002)
             .unwrap()
             .value,
         Finish::Stored
@@ -201,7 +207,7 @@ fn completing_near_the_lock_deadline_renews_it_first() {
     // 900 ms of a 1000 ms lock used: renew (1 write), slot (1 write), complete (1 write).
     assert_eq!(
         store
-            .complete(&t, 200, Some(&response("r")), 900)
+            .complete(&t, 200, Completion::Response(&response("r")), 900)
             .unwrap()
             .value,
         Finish::Stored
@@ -211,7 +217,7 @@ fn completing_near_the_lock_deadline_renews_it_first() {
     let writes = kv.sets.get();
     assert_eq!(
         store
-            .complete(&t, 200, Some(&response("r")), 1100)
+            .complete(&t, 200, Completion::Response(&response("r")), 1100)
             .unwrap()
             .value,
         Finish::Stored
@@ -224,12 +230,23 @@ fn a_response_too_large_to_keep_still_completes_the_key() {
     let (_kv, store) = fresh(LIMITS);
     let t = ticket(store.claim(&id(1), &FP, 7, 0).unwrap().value);
     assert_eq!(
-        store.complete(&t, 200, None, 10).unwrap().value,
+        store
+            .complete(
+                &t,
+                200,
+                Completion::Unreplayable(Unreplayable::TooLarge),
+                10
+            )
+            .unwrap()
+            .value,
         Finish::StoredNotReplayable
     );
     assert_eq!(
         store.claim(&id(1), &FP, 8, 20).unwrap().value,
-        Claim::NotReplayable { status: 200 }
+        Claim::NotReplayable {
+            status: 200,
+            reason: Unreplayable::TooLarge
+        }
     );
 }
 
@@ -249,7 +266,7 @@ fn a_full_shard_answers_full_until_an_entry_frees() {
         Claim::Full { retry_after_s: 1 }
     );
     store
-        .complete(&tickets[0], 200, Some(&response("a")), 10)
+        .complete(&tickets[0], 200, Completion::Response(&response("a")), 10)
         .unwrap();
     assert_eq!(
         store.claim(&id(9), &FP, 1, 20).unwrap().value,
@@ -273,7 +290,7 @@ fn a_clobbered_slot_is_never_replayed_to_another_key() {
     let a = ticket(store.claim(&id(1), &FP, 7, 0).unwrap().value);
     let b = ticket(store.claim(&id(2), &FP, 8, 0).unwrap().value);
     store
-        .complete(&a, 200, Some(&response("alice")), 10)
+        .complete(&a, 200, Completion::Response(&response("alice")), 10)
         .unwrap();
     // Simulate the residual race: b's response lands in a's slot.
     let slot_a = format!("resetguard/v1/1/shard/0/slot/{}", a.slot);
@@ -283,9 +300,13 @@ fn a_clobbered_slot_is_never_replayed_to_another_key() {
         0,
     )
     .unwrap();
+    // The slot lost its response in a race: not replayable, and said so (not "too large").
     assert_eq!(
         store.claim(&id(1), &FP, 9, 20).unwrap().value,
-        Claim::NotReplayable { status: 200 }
+        Claim::NotReplayable {
+            status: 200,
+            reason: Unreplayable::NotStorable
+        }
     );
 }
 
@@ -383,7 +404,7 @@ fn step(
                 .complete(
                     &Ticket { slot, ..t },
                     200,
-                    Some(&response(&format!("{key}"))),
+                    Completion::Response(&response(&format!("{key}"))),
                     0,
                 )
                 .unwrap();
@@ -540,7 +561,7 @@ fn memory_stays_bounded_under_100k_distinct_keys() {
             Claim::Claimed(t) => {
                 assert_eq!(
                     store
-                        .complete(&t, 200, Some(&response(&body)), now)
+                        .complete(&t, 200, Completion::Response(&response(&body)), now)
                         .unwrap()
                         .value,
                     Finish::Stored

@@ -2,6 +2,7 @@
 //! `when_full`, and which counters record it. In report mode nothing is ever rejected or replayed:
 //! the request proceeds and `report_only` counts what enforce mode would have done.
 
+use super::index::Unreplayable;
 use super::key::KeyError;
 use super::problem::Problem;
 use super::recorded::RecordedResponse;
@@ -17,6 +18,8 @@ pub enum Verdict {
         problem: Problem,
         detail: String,
         retry_after_s: Option<u32>,
+        /// The status the upstream sent for the key's request, when one is known.
+        upstream_status: Option<u16>,
     },
     Replay(RecordedResponse),
 }
@@ -145,18 +148,16 @@ impl Rules {
             Claim::Replay(response) => {
                 self.enforce(Verdict::Replay(response), vec![Counter::IdemReplays])
             }
-            Claim::NotReplayable { status } => self.enforce(
-                reject(
-                    Problem::ResponseNotReplayable,
-                    format!(
-                        "the request with this key was already executed (upstream status \
-                         {status}) but its response was too large to keep; it will not be \
-                         executed again"
-                    ),
-                    None,
-                ),
-                vec![Counter::IdemNotReplayable],
-            ),
+            Claim::NotReplayable { status, reason } => {
+                let (problem, detail) = not_replayable(status, reason);
+                let verdict = Verdict::Reject {
+                    problem,
+                    detail,
+                    retry_after_s: None,
+                    upstream_status: (status != 0).then_some(status),
+                };
+                self.enforce(verdict, vec![Counter::IdemNotReplayable])
+            }
             Claim::Full { retry_after_s } => self.store_cannot_claim(
                 Problem::StoreFull,
                 "the idempotency store is full; retry later",
@@ -178,6 +179,69 @@ fn reject(problem: Problem, detail: String, retry_after_s: Option<u32>) -> Verdi
         problem,
         detail,
         retry_after_s,
+        upstream_status: None,
+    }
+}
+
+/// What a key without a replayable response answers: the problem of its reason, and a detail
+/// that names only what the upstream actually sent (status 0: no upstream response came back)
+/// and says what the client can do. No `Retry-After`: the same key gets this answer until it
+/// expires.
+fn not_replayable(status: u16, reason: Unreplayable) -> (Problem, String) {
+    const NEVER_AGAIN: &str = "it will not be executed again under this key";
+    const FIND_OUT: &str = "check the resource's state (e.g. with a GET) before sending the \
+                            request again under a new key";
+    let answered = |what: &str| format!("the upstream answered {status}, {what}");
+    match reason {
+        Unreplayable::TooLarge => (
+            Problem::ResponseNotReplayable,
+            format!(
+                "the request with this key was executed ({}); {NEVER_AGAIN}",
+                answered("but the response was too large to keep")
+            ),
+        ),
+        Unreplayable::NotStorable => (
+            Problem::ResponseNotReplayable,
+            format!(
+                "the request with this key was executed ({}); {NEVER_AGAIN}",
+                answered("but the response could not be kept (trailers, or a body the proxy could not copy)")
+            ),
+        ),
+        Unreplayable::CutOff => (
+            Problem::ResponseCutOff,
+            format!(
+                "the request with this key was executed, but {} was cut off before its end and \
+                 not kept; {NEVER_AGAIN}; {FIND_OUT}",
+                if status == 0 {
+                    "the upstream's response".to_string()
+                } else {
+                    format!("the upstream's response (status {status})")
+                }
+            ),
+        ),
+        Unreplayable::OutcomeUnknown => (
+            Problem::OutcomeUnknown,
+            format!(
+                "the request with this key reached the upstream, but no response came back (the \
+                 connection was reset, or the attempt timed out, after the request was sent), so \
+                 whether it was applied is unknown; {NEVER_AGAIN}; {FIND_OUT}"
+            ),
+        ),
+        Unreplayable::ClientLeft if status != 0 => (
+            Problem::ClientLeft,
+            format!(
+                "the client disconnected during the response to the request with this key \
+                 ({}); {NEVER_AGAIN}; {FIND_OUT}",
+                answered("and the response was not kept")
+            ),
+        ),
+        Unreplayable::ClientLeft => (
+            Problem::ClientLeft,
+            format!(
+                "the client disconnected while the upstream had the request with this key, so \
+                 whether it was applied is unknown; {NEVER_AGAIN}; {FIND_OUT}"
+            ),
+        ),
     }
 }
 

@@ -28,10 +28,12 @@ mod settle;
 #[cfg(test)]
 mod tests;
 
-pub use settle::{settle, settled_counters, Recorded, Settlement, StreamFacts, VIA_UPSTREAM};
+pub use settle::{
+    settle, settled_counters, Recorded, Settlement, StreamFacts, RETRY_LATER, VIA_UPSTREAM,
+};
 
 use crate::counter::Counter;
-use crate::idempotency::index::{Fingerprint, Identity, Peek};
+use crate::idempotency::index::{Fingerprint, Identity, Peek, Unreplayable};
 use crate::idempotency::problem::Problem;
 use crate::idempotency::recorded::{RecordedResponse, MAX_STORED_HEADER_BYTES};
 use crate::idempotency::scope::{fingerprint, identity, RequestHead};
@@ -85,6 +87,7 @@ pub enum Answer {
         problem: Problem,
         detail: String,
         retry_after_s: Option<u32>,
+        upstream_status: Option<u16>,
     },
     Replay(RecordedResponse),
 }
@@ -157,11 +160,13 @@ fn apply(judgement: Judgement, commands: &mut Vec<Command>) -> Result<Option<Tic
             problem,
             detail,
             retry_after_s,
+            upstream_status,
         } => {
             commands.push(Command::Answer(Answer::Problem {
                 problem,
                 detail,
                 retry_after_s,
+                upstream_status,
             }));
             Err(())
         }
@@ -403,12 +408,18 @@ impl KeyedStream {
             return;
         }
         let response = RecordedResponse::from_borrowed_headers(status.unwrap_or(0), headers);
-        let keep = status.is_some() && response.header_bytes() <= MAX_STORED_HEADER_BYTES;
+        let unreplayable = if status.is_none() {
+            Some(Unreplayable::NotStorable)
+        } else if response.header_bytes() > MAX_STORED_HEADER_BYTES {
+            Some(Unreplayable::TooLarge)
+        } else {
+            None
+        };
         // Response headers from the upstream prove it executed the request, whatever happens to
         // the body later (Envoy says `via_upstream` now and rewrites it if the stream is cut).
         self.recording = Some(Recorded {
             response,
-            keep,
+            unreplayable,
             from_upstream: via_upstream(),
         });
     }
@@ -416,11 +427,11 @@ impl KeyedStream {
     /// Whether the response body chunk of `size` bytes is wanted (else the glue need not read it).
     pub fn wants_response_body(&mut self, size: usize) -> bool {
         let max = self.max_response_body_bytes;
-        let Some(recording) = self.recording.as_mut().filter(|r| r.keep) else {
+        let Some(recording) = self.recording.as_mut().filter(|r| r.unreplayable.is_none()) else {
             return false;
         };
         if recording.response.body.len().saturating_add(size) > max {
-            recording.keep = false;
+            recording.unreplayable = Some(Unreplayable::TooLarge);
             recording.response.body = Vec::new();
             return false;
         }
@@ -430,14 +441,17 @@ impl KeyedStream {
     /// A response body chunk the host handed over (`None`: it failed to, or short of `size`).
     /// Copied as it passes; the response is never paused.
     pub fn on_response_body(&mut self, size: usize, chunk: Option<Vec<u8>>) {
-        let Some(recording) = self.recording.as_mut().filter(|r| r.keep) else {
+        let Some(recording) = self.recording.as_mut().filter(|r| r.unreplayable.is_none()) else {
             return;
         };
         match chunk {
             Some(chunk) if chunk.len() == size => recording.response.body.extend_from_slice(&chunk),
             // A chunk the host did not hand over whole: a replay would serve another body than
             // the upstream sent.
-            _ => recording.keep = false,
+            _ => {
+                recording.unreplayable = Some(Unreplayable::NotStorable);
+                recording.response.body = Vec::new();
+            }
         }
     }
 
@@ -445,7 +459,9 @@ impl KeyedStream {
     /// a replay without them would be a different answer.
     pub fn on_response_trailers(&mut self) {
         if let Some(recording) = self.recording.as_mut() {
-            recording.keep = false;
+            recording
+                .unreplayable
+                .get_or_insert(Unreplayable::NotStorable);
             recording.response.body = Vec::new();
         }
     }

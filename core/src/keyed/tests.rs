@@ -2,9 +2,10 @@
 //! answers the filter gives itself, and at stream end the one question that matters: may this
 //! request run upstream again? (Release: yes. Store / complete unreplayable: never.)
 
+use super::settle::RETRY_LATER;
 use super::*;
 use crate::config::{Config, UnknownOutcome};
-use crate::idempotency::index::Reclaimed;
+use crate::idempotency::index::{Reclaimed, Unreplayable};
 use crate::outcome::flags;
 
 const SEED: [u8; 16] = [7; 16];
@@ -113,17 +114,26 @@ struct Facts {
     asked: Vec<&'static str>,
 }
 
+impl Facts {
+    /// Each fact is one host read (the glue caches what it read).
+    fn ask(&mut self, what: &'static str) {
+        if !self.asked.contains(&what) {
+            self.asked.push(what);
+        }
+    }
+}
+
 impl StreamFacts for Facts {
     fn code_details(&mut self) -> Option<Vec<u8>> {
-        self.asked.push("code_details");
+        self.ask("code_details");
         self.details.map(<[u8]>::to_vec)
     }
     fn flags(&mut self) -> Option<u64> {
-        self.asked.push("flags");
+        self.ask("flags");
         self.flags
     }
     fn upstream_address(&mut self) -> bool {
-        self.asked.push("upstream_address");
+        self.ask("upstream_address");
         self.upstream_address
     }
 }
@@ -278,7 +288,10 @@ fn each_claim_answer_becomes_its_reply() {
             Counter::IdemPayloadMismatches,
         ),
         (
-            Ok(report(Claim::NotReplayable { status: 201 })),
+            Ok(report(Claim::NotReplayable {
+                status: 201,
+                reason: Unreplayable::TooLarge,
+            })),
             Some((Problem::ResponseNotReplayable, None)),
             Counter::IdemNotReplayable,
         ),
@@ -505,7 +518,8 @@ struct End {
 #[derive(Debug, PartialEq, Eq)]
 enum Becomes {
     Stored,
-    Unreplayable(u16),
+    /// Completed without a replayable copy: a re-send gets 409, never a second execution.
+    NeverAgain(u16, Unreplayable),
     Released,
 }
 
@@ -513,141 +527,203 @@ const DC: u64 = flags::DOWNSTREAM_CONNECTION_TERMINATION;
 const UC: u64 = flags::UPSTREAM_CONNECTION_TERMINATION;
 const UF: u64 = flags::UPSTREAM_CONNECTION_FAILURE;
 const UR: u64 = flags::UPSTREAM_REMOTE_RESET;
+const UT: u64 = flags::UPSTREAM_REQUEST_TIMEOUT;
+const UH: u64 = flags::NO_HEALTHY_UPSTREAM;
 
 /// The ends of a claimed stream, each with what it becomes under `unknown_outcome` release and
-/// complete: the table that says whether a keyed POST may run twice.
+/// complete (the default): the table that says whether a keyed POST may run twice. Released is
+/// the only "yes", and under the default it is reached only when the request provably never
+/// reached the upstream, or the upstream asked for a retry later.
 fn ends() -> Vec<(End, Becomes, Becomes)> {
     use Becomes::*;
+    use Unreplayable::*;
+    let end = |name, response, response_ended, details, flags, upstream_address| End {
+        name,
+        response,
+        response_ended,
+        details,
+        flags,
+        upstream_address,
+    };
+    let upstream_reset: &[u8] = b"upstream_reset_before_response_started{connection_termination}";
     vec![
         (
-            End {
-                name: "completed by the upstream",
-                response: Some((201, true)),
-                response_ended: true,
-                details: Some(b"via_upstream"),
-                flags: Some(0),
-                upstream_address: true,
-            },
+            end(
+                "completed by the upstream",
+                Some((201, true)),
+                true,
+                Some(b"via_upstream"),
+                Some(0),
+                true,
+            ),
             Stored,
             Stored,
         ),
         (
-            End {
-                name: "the upstream asked to retry later (503)",
-                response: Some((503, true)),
-                response_ended: true,
-                details: Some(b"via_upstream"),
-                flags: Some(0),
-                upstream_address: true,
-            },
+            end(
+                "the upstream asked to retry later (503)",
+                Some((503, true)),
+                true,
+                Some(b"via_upstream"),
+                Some(0),
+                true,
+            ),
             Released,
             Released,
         ),
         (
-            End {
-                name: "the upstream asked to retry later (429)",
-                response: Some((429, true)),
-                response_ended: true,
-                details: Some(b"via_upstream"),
-                flags: Some(0),
-                upstream_address: true,
-            },
+            end(
+                "the upstream asked to retry later (429)",
+                Some((429, true)),
+                true,
+                Some(b"via_upstream"),
+                Some(0),
+                true,
+            ),
             Released,
             Released,
         ),
         (
-            End {
-                name: "client left after the whole response passed",
-                response: Some((201, true)),
-                response_ended: true,
-                details: Some(b"downstream_remote_disconnect"),
-                flags: Some(DC),
-                upstream_address: true,
-            },
+            end(
+                "client left after the whole response passed",
+                Some((201, true)),
+                true,
+                Some(b"downstream_remote_disconnect"),
+                Some(DC),
+                true,
+            ),
             Stored,
             Stored,
         ),
         (
-            End {
-                name: "client abort during the response",
-                response: Some((201, true)),
-                response_ended: false,
-                details: Some(b"downstream_remote_disconnect"),
-                flags: Some(DC),
-                upstream_address: true,
-            },
-            Unreplayable(201),
-            Unreplayable(201),
+            end(
+                "client abort during the response",
+                Some((201, true)),
+                false,
+                Some(b"downstream_remote_disconnect"),
+                Some(DC),
+                true,
+            ),
+            NeverAgain(201, ClientLeft),
+            NeverAgain(201, ClientLeft),
         ),
         (
-            End {
-                name: "truncated by the upstream",
-                response: Some((200, true)),
-                response_ended: false,
-                details: Some(b"upstream_reset_after_response_started{remote_reset}"),
-                flags: Some(UR),
-                upstream_address: true,
-            },
-            Unreplayable(200),
-            Unreplayable(200),
+            end(
+                "truncated by the upstream",
+                Some((200, true)),
+                false,
+                Some(b"upstream_reset_after_response_started{remote_reset}"),
+                Some(UR),
+                true,
+            ),
+            NeverAgain(200, CutOff),
+            NeverAgain(200, CutOff),
         ),
         (
-            End {
-                name: "client abort while waiting for the upstream",
-                response: None,
-                response_ended: false,
-                details: Some(b"downstream_remote_disconnect"),
-                flags: Some(DC),
-                upstream_address: true,
-            },
+            end(
+                "client abort while waiting for the upstream",
+                None,
+                false,
+                Some(b"downstream_remote_disconnect"),
+                Some(DC),
+                true,
+            ),
             Released,
-            Unreplayable(0),
+            NeverAgain(0, ClientLeft),
         ),
         (
-            End {
-                name: "upstream reset after the request was sent (Envoy's 503)",
-                response: Some((503, false)),
-                response_ended: true,
-                details: Some(b"upstream_reset_before_response_started{connection_termination}"),
-                flags: Some(UC),
-                upstream_address: true,
-            },
+            end(
+                "upstream reset after the request was sent (Envoy's own 503)",
+                Some((503, false)),
+                true,
+                Some(upstream_reset),
+                Some(UC),
+                true,
+            ),
             Released,
-            Unreplayable(503),
+            NeverAgain(0, OutcomeUnknown),
         ),
         (
-            End {
-                name: "upstream connect failure: provably never sent",
-                response: Some((503, false)),
-                response_ended: true,
-                details: Some(b"upstream_reset_before_response_started{connection_failure}"),
-                flags: Some(UF),
-                upstream_address: true,
-            },
+            end(
+                "per-try timeout (Envoy's own 504)",
+                Some((504, false)),
+                true,
+                Some(b"upstream_response_timeout"),
+                Some(UT),
+                true,
+            ),
+            Released,
+            NeverAgain(0, OutcomeUnknown),
+        ),
+        (
+            end(
+                "upstream connect failure: provably never sent",
+                Some((503, false)),
+                true,
+                Some(b"upstream_reset_before_response_started{connection_failure}"),
+                Some(UF),
+                true,
+            ),
             Released,
             Released,
         ),
         (
-            End {
-                name: "no upstream host at all",
-                response: Some((503, false)),
-                response_ended: true,
-                details: Some(b"no_healthy_upstream"),
-                flags: Some(0x2),
-                upstream_address: false,
-            },
+            end(
+                "refused stream: the upstream did not process it",
+                Some((503, false)),
+                true,
+                Some(b"upstream_reset_before_response_started{remote_refused_stream_reset}"),
+                Some(UR),
+                true,
+            ),
             Released,
             Released,
         ),
         (
-            End {
-                name: "a host without flags or details (nothing known)",
-                response: None,
-                response_ended: false,
-                details: None,
-                flags: None,
-                upstream_address: false,
-            },
+            end(
+                "no healthy upstream host",
+                Some((503, false)),
+                true,
+                Some(b"no_healthy_upstream"),
+                Some(UH),
+                false,
+            ),
+            Released,
+            Released,
+        ),
+        (
+            end(
+                "a later filter answered before forwarding (Envoy's 413)",
+                Some((413, false)),
+                true,
+                Some(b"request_payload_too_large"),
+                Some(0),
+                false,
+            ),
+            Released,
+            Released,
+        ),
+        (
+            end(
+                "the upstream answered, unseen by the filter",
+                None,
+                false,
+                Some(b"via_upstream"),
+                Some(0),
+                true,
+            ),
+            NeverAgain(0, CutOff),
+            NeverAgain(0, CutOff),
+        ),
+        (
+            end(
+                "a host without flags, details or addresses (nothing known)",
+                None,
+                false,
+                None,
+                None,
+                false,
+            ),
             Released,
             Released,
         ),
@@ -683,9 +759,13 @@ fn settle_end(end: &End, unknown: UnknownOutcome) -> (Becomes, Vec<&'static str>
             assert_eq!(response.body, b"ok");
             Becomes::Stored
         }
-        Settlement::CompleteUnreplayable { ticket: t, status } => {
+        Settlement::CompleteUnreplayable {
+            ticket: t,
+            status,
+            reason,
+        } => {
             assert_eq!(t, ticket());
-            Becomes::Unreplayable(status)
+            Becomes::NeverAgain(status, reason)
         }
         Settlement::Release { ticket: t } => {
             assert_eq!(t, ticket());
@@ -706,29 +786,53 @@ fn at_stream_end_a_claim_is_stored_completed_or_released_under_each_unknown_outc
 }
 
 #[test]
-fn a_response_from_the_upstream_settles_without_reading_any_property() {
+fn a_complete_response_from_the_upstream_settles_without_reading_any_property() {
     for (end, _, _) in ends() {
-        if end.response.is_some_and(|(_, from_upstream)| from_upstream) {
+        if end.response.is_some_and(|(_, from_upstream)| from_upstream) && end.response_ended {
             for unknown in [UnknownOutcome::Release, UnknownOutcome::Complete] {
                 let (_, asked) = settle_end(&end, unknown);
                 assert!(asked.is_empty(), "{}: asked {asked:?}", end.name);
             }
         }
     }
-    // Without a response from the upstream, release mode reads only the details.
-    let waiting = ends()
-        .into_iter()
-        .find(|(e, _, _)| e.name == "client abort while waiting for the upstream")
-        .unwrap()
-        .0;
-    assert_eq!(
-        settle_end(&waiting, UnknownOutcome::Release).1,
-        ["code_details"]
-    );
+    // A cut response reads the flags (was it the client?); no upstream response, all three.
+    let named = |name: &str| {
+        ends()
+            .into_iter()
+            .find(|(e, _, _)| e.name == name)
+            .unwrap()
+            .0
+    };
+    let cut = named("client abort during the response");
+    assert_eq!(settle_end(&cut, UnknownOutcome::Complete).1, ["flags"]);
+    let waiting = named("client abort while waiting for the upstream");
     assert_eq!(
         settle_end(&waiting, UnknownOutcome::Complete).1,
         ["code_details", "flags", "upstream_address"]
     );
+}
+
+#[test]
+fn the_default_never_releases_a_key_whose_request_may_have_run() {
+    let default = idem(r#"{"idempotency": {}}"#);
+    assert_eq!(default.config.unknown_outcome, UnknownOutcome::Complete);
+    for (end, _, under_default) in ends() {
+        if under_default == Becomes::Released {
+            let never_sent = !end.upstream_address
+                || end.flags.is_some_and(crate::outcome::proves_request_unsent)
+                || end
+                    .details
+                    .is_some_and(|d| d.ends_with(b"remote_refused_stream_reset}"))
+                || end
+                    .response
+                    .is_some_and(|(s, up)| up && RETRY_LATER.contains(&s));
+            assert!(
+                never_sent,
+                "{} releases its key under the default",
+                end.name
+            );
+        }
+    }
 }
 
 #[test]

@@ -229,8 +229,10 @@ enum Retry {
     Upstream,
     /// The stored response, without the upstream.
     Replayed,
-    /// 409 `response-not-replayable`: the request ran, its response was not kept.
-    NotReplayable,
+    /// 409 `client-left`: the request ran or may have; it is not run again.
+    ClientLeft,
+    /// 409 `outcome-unknown`: it may have run (the host cannot say more); not run again.
+    OutcomeUnknown,
 }
 
 fn retry_after(host: &mut Host, leave: Leave, key: &str) -> Retry {
@@ -244,7 +246,8 @@ fn retry_after(host: &mut Host, leave: Leave, key: &str) -> Retry {
             assert_eq!(x.body, CREATED);
             Retry::Replayed
         }
-        (Some(409), 0) if body.contains("response-not-replayable") => Retry::NotReplayable,
+        (Some(409), 0) if body.contains(":idempotency-client-left\"") => Retry::ClientLeft,
+        (Some(409), 0) if body.contains(":idempotency-outcome-unknown\"") => Retry::OutcomeUnknown,
         other => panic!("{leave:?}: unexpected retry answer {other:?} {body}"),
     }
 }
@@ -256,8 +259,8 @@ fn a_keyed_client_that_left_is_not_stuck_behind_its_own_claim() {
     // Envoy reports how the response started (`via_upstream`): the claim follows what ran.
     let envoy_expect = [
         (BeforeRequestComplete, Upstream), // never complete upstream, never claimed
-        (AwaitingUpstream, Upstream),      // unknown outcome: released (the draft's default)
-        (DuringResponse, NotReplayable),   // it ran; the response was cut
+        (AwaitingUpstream, ClientLeft),    // unknown outcome: never run twice (the default)
+        (DuringResponse, ClientLeft),      // it ran; the response was cut by the client leaving
         (AfterResponsePassed, Replayed),   // it ran and the whole response was recorded
     ];
     let mut first = host(Profile::Envoy, KEYED);
@@ -269,27 +272,29 @@ fn a_keyed_client_that_left_is_not_stuck_behind_its_own_claim() {
         counter(&first, "resetguard.idempotency.in_flight_conflicts"),
         0
     );
-    assert_eq!(counter(&first, "resetguard.idempotency.released"), 1);
+    assert_eq!(counter(&first, "resetguard.idempotency.released"), 0);
     assert_eq!(counter(&first, "resetguard.idempotency.replays"), 1);
     // An abort after the response passed the filter is a completed stream to it.
     assert_eq!(counter(&first, "resetguard.outcome.client_abort"), 3);
 
-    // `unknown_outcome: complete` never runs a key twice: the unsent case still releases.
-    let mut strict = host(
+    // `unknown_outcome: release` (opt-in) lets the unknown case run again; what ran still never
+    // does.
+    let mut releasing = host(
         Profile::Envoy,
-        r#"{"idempotency": {"mode": "enforce", "unknown_outcome": "complete"}}"#,
+        r#"{"idempotency": {"mode": "enforce", "unknown_outcome": "release"}}"#,
     );
     for (i, (leave, expect)) in [
         (BeforeRequestComplete, Upstream),
-        (AwaitingUpstream, NotReplayable),
-        (DuringResponse, NotReplayable),
+        (AwaitingUpstream, Upstream),
+        (DuringResponse, ClientLeft),
     ]
     .into_iter()
     .enumerate()
     {
-        let got = retry_after(&mut strict, leave, &format!("k-complete-{i}"));
+        let got = retry_after(&mut releasing, leave, &format!("k-release-{i}"));
         assert_eq!(got, expect, "{leave:?}");
     }
+    assert_eq!(counter(&releasing, "resetguard.idempotency.released"), 1);
 }
 
 #[test]
@@ -322,26 +327,31 @@ fn hosts_without_response_flags_fall_back_to_the_streams_lifecycle() {
 }
 
 #[test]
-fn hosts_without_code_details_release_every_aborted_key() {
-    // Kong keeps claims in shared data but cannot tell an upstream response from a proxy reply,
-    // so nothing is stored and every abort releases; APISIX has no store at all. Either way the
-    // client's retry reaches the upstream, never a 409.
-    for profile in [Profile::Kong, Profile::Apisix] {
-        let mut host = debug_host(profile, KEYED);
-        for (i, leave) in PHASES
-            .into_iter()
-            .chain([Leave::AfterResponsePassed])
-            .enumerate()
-        {
-            let key = format!("k-{}-{i}", profile.name());
-            assert_eq!(
-                retry_after(&mut host, leave, &key),
-                Retry::Upstream,
-                "{profile:?} {leave:?}"
-            );
-        }
-        assert!(host.logs_at(LogLevel::Warn).is_empty(), "{profile:?}");
+fn hosts_without_code_details_never_run_a_key_twice() {
+    // Kong keeps claims in shared data but cannot tell an upstream response from a proxy reply:
+    // nothing is stored, and a key whose request reached the upstream (it made an upstream
+    // request) completes unreplayable, whatever happened after. APISIX has no store at all, so
+    // every retry reaches the upstream (keys are checked, not deduped).
+    use Leave::*;
+    use Retry::*;
+    let kong = [
+        (BeforeRequestComplete, Upstream),
+        (AwaitingUpstream, OutcomeUnknown),
+        (DuringResponse, OutcomeUnknown),
+        (AfterResponsePassed, OutcomeUnknown),
+    ];
+    let mut host = debug_host(Profile::Kong, KEYED);
+    for (i, (leave, expect)) in kong.into_iter().enumerate() {
+        let got = retry_after(&mut host, leave, &format!("k-kong-{i}"));
+        assert_eq!(got, expect, "kong {leave:?}");
     }
+    assert!(host.logs_at(LogLevel::Warn).is_empty());
+    let mut host = debug_host(Profile::Apisix, KEYED);
+    for (i, leave) in PHASES.into_iter().chain([AfterResponsePassed]).enumerate() {
+        let got = retry_after(&mut host, leave, &format!("k-apisix-{i}"));
+        assert_eq!(got, Upstream, "apisix {leave:?}");
+    }
+    assert!(host.logs_at(LogLevel::Warn).is_empty());
 }
 
 #[test]
