@@ -196,6 +196,8 @@ def _worker(port, seed, t0, stop_at, budget, tally: Tally):
                                               abort_after_ms=ABORT_AFTER_MS)
                 tally.inc("requests")
                 tally.inc("client_aborts" if got == b"" else "abort_too_late")
+                if key and got != b"":
+                    tally.inc("keyed_abort_too_late")  # answered before the abort: stored
                 label = "aborted" if got == b"" else got.split(b" ", 2)[1].decode("latin-1", "replace")
                 with tally.lock:
                     tally.statuses[(cls, label)] += 1
@@ -208,9 +210,11 @@ def _worker(port, seed, t0, stop_at, budget, tally: Tally):
                 tally.inc("nokey_400" if r.status == 400 else "nokey_other")
                 continue
             if cls == "post_key" and beh == "mid":
-                # Stale connections may reset the first attempts (503, key released, the mid-body
+                # Stale connections may reset the first attempts (Envoy's 503; the mid-body
                 # action not yet applied): re-send, like any client would, a bounded number of
-                # times (two stale resets in a row were seen on a loaded machine).
+                # times (two stale resets in a row were seen on a loaded machine). The key
+                # completed unreplayable (the request may have been applied), so the re-send is
+                # answered 409 outcome-unknown and never reaches the upstream.
                 tries = 0
                 while (r.status == 503 and r.error is None and tries < 3
                        and b"store-full" not in r.body):
@@ -221,6 +225,9 @@ def _worker(port, seed, t0, stop_at, budget, tally: Tally):
                 if r.status == 503 and b"store-full" in r.body:
                     tally.inc("keyed_store_full")
                     continue
+            if cls == "post_key" and beh == "mid" and _outcome_unknown(r, tries):
+                tally.inc("keyed_outcome_unknown_409")
+                continue
             if beh == "mid":
                 if r.error and r.error.startswith("truncated"):
                     tally.inc("truncated_seen")
@@ -228,11 +235,11 @@ def _worker(port, seed, t0, stop_at, budget, tally: Tally):
                     tally.problem(f"mid-body reset not seen truncated: {r.status} {r.error} {path}")
                 if cls == "post_key" and r.error and r.error.startswith("truncated"):
                     # It ran upstream: the key completes unreplayable, a re-send must not run it
-                    # again (409 response-not-replayable).
+                    # again (409 response-cut-off).
                     tally.inc("keyed_truncated")
                     again = c.request(method, path, headers, body)
                     tally.status("post_key_truncated_resend", again)
-                    if again.status == 409 and b"response-not-replayable" in again.body:
+                    if again.status == 409 and b":idempotency-response-cut-off" in again.body:
                         tally.inc("keyed_truncated_resent_409")
                     else:
                         tally.problem(f"re-send after a truncated keyed POST: {again.status} {path}")
@@ -250,10 +257,17 @@ def _worker(port, seed, t0, stop_at, budget, tally: Tally):
         c.close()
 
 
+def _outcome_unknown(r, resent: int) -> bool:
+    """A re-send after a reset was answered 409 outcome-unknown: the key's request may have been
+    applied, so it is not run again (the filter's default, unknown_outcome: complete)."""
+    return resent > 0 and r.status == 409 and b":idempotency-outcome-unknown" in r.body
+
+
 def _keyed_flow(c, rng, path, headers, body, key, r, tally: Tally):
     tally.inc("keyed_new")
     tries = 0
-    # A reset (planned or a stale connection) gives the proxy's 503 and releases the key.
+    # A reset (planned or a stale connection) gives the proxy's 503; the key completes, so a
+    # re-send is answered 409 outcome-unknown (checked below), never replayed, never run again.
     while r.status == 503 and r.error is None and tries < 3 and b"store-full" not in r.body:
         tries += 1
         tally.inc("keyed_resent_after_503")
@@ -263,6 +277,9 @@ def _keyed_flow(c, rng, path, headers, body, key, r, tally: Tally):
             tally.problem(f"re-send after a released key was replayed: {path} {r.status}")
     if r.status == 503 and b"store-full" in r.body:
         tally.inc("keyed_store_full")
+        return
+    if _outcome_unknown(r, tries):
+        tally.inc("keyed_outcome_unknown_409")
         return
     if r.status == 409:
         tally.problem(f"409 for a sequential keyed POST: {path} {r.body[:200]!r}")
@@ -472,6 +489,7 @@ def _print_summary(data):
           f"truncated={t.get('truncated_seen', 0)} replays={t.get('replays_seen', 0)}/"
           f"{t.get('replays_sent', 0)} 422={t.get('mismatch_422', 0)}/{t.get('mismatch_sent', 0)} "
           f"nokey400={t.get('nokey_400', 0)} keyed re-sent after 503={t.get('keyed_resent_after_503', 0)}"
+          f" (answered 409 outcome-unknown: {t.get('keyed_outcome_unknown_409', 0)})"
           f" idempotent failures={len(data['idem_failures'])}"
           f" (retries exhausted, 4 resets: {len(data['idem_exhausted'])}) problems={t.get('problems', 0)}")
     print(f"[soak] stale keep-alive RSTs: {u['stale_resets']} "
@@ -558,15 +576,22 @@ def test_soak_idempotency_contract(soak):
         soak["workers_downstream_cx"]
     assert _fc(soak, "idempotency.in_flight_conflicts") == 0
     assert _fc(soak, "idempotency.store_full") == t.get("keyed_store_full", 0)
-    # Store accounting: every claim ends stored (a complete upstream response, or a truncated one:
-    # it ran upstream, so the key completes unreplayable) or released (the proxy's reply after a
-    # reset, a client abort before the upstream answered); nothing lost or left in flight.
+    # Store accounting: every claim ends stored or released, nothing lost or left in flight.
+    # Stored: a complete upstream response; a truncated one (it ran: 409 response-cut-off on a
+    # re-send); a reset after the request was sent (it may have run: 409 outcome-unknown on the
+    # re-send); a client that left while waiting (it may have run). Released: only requests that
+    # provably never reached the upstream, and the soak plans none, so released stays 0.
     st = soak["statuses"]
     completed_keyed = st.get("post_key:200", 0) + st.get("post_key_retry:200", 0)
-    assert _fc(soak, "idempotency.stored") == completed_keyed + t.get("keyed_truncated", 0), \
-        (soak["filter"], st, t)
+    aborted_keyed = st.get("post_key:aborted", 0) + t.get("keyed_abort_too_late", 0)
+    assert _fc(soak, "idempotency.stored") == completed_keyed + t.get("keyed_truncated", 0) \
+        + t.get("keyed_outcome_unknown_409", 0) + aborted_keyed, \
+        ({k: v for k, v in st.items() if k.startswith("post_key")}, t)
     assert t.get("keyed_truncated_resent_409", 0) == t.get("keyed_truncated", 0), t
-    assert _fc(soak, "idempotency.not_replayable") == t.get("keyed_truncated_resent_409", 0)
+    assert t.get("keyed_outcome_unknown_409", 0) > 0, t  # resets after sending were exercised
+    assert _fc(soak, "idempotency.not_replayable") == \
+        t.get("keyed_truncated_resent_409", 0) + t.get("keyed_outcome_unknown_409", 0)
+    assert _fc(soak, "idempotency.released") == 0, soak["filter"]
     assert _fc(soak, "idempotency.claimed") == \
         _fc(soak, "idempotency.stored") + _fc(soak, "idempotency.released")
     assert _fc(soak, "idempotency.lost") == 0 and _fc(soak, "idempotency.lock_expired") == 0
