@@ -35,6 +35,11 @@ _SCENARIO_LEVEL = {"trace": "trace", "debug": "debug", "info": "info", "warn": "
                    "warning": "warning", "error": "error", "critical": "critical"}
 
 
+# The filter flushes its counters to Envoy every 250 ms (filter/src/metrics.rs, FLUSH_PERIOD_MS):
+# /stats is exact that long after the last request.
+FILTER_FLUSH_WAIT_S = 0.3
+
+
 class EnvoyError(RuntimeError):
     pass
 
@@ -267,7 +272,9 @@ class Envoy:
 
     def filter_counters(self) -> dict:
         """The filter's counters by the names it defines (`resetguard.*`), whatever prefix Envoy
-        adds in /stats (Envoy 1.40 shows proxy-wasm metrics under `wasmcustom.`)."""
+        adds in /stats (Envoy 1.40 shows proxy-wasm metrics under `wasmcustom.`). Read after one
+        flush period: each worker hands its counts to Envoy on its root context's tick."""
+        time.sleep(FILTER_FLUSH_WAIT_S)
         out = {}
         for name, value in self.stats("resetguard").items():
             i = name.find("resetguard.")
@@ -276,6 +283,8 @@ class Envoy:
         return out
 
     def counter(self, name: str) -> int:
+        if "resetguard." in name:
+            time.sleep(FILTER_FLUSH_WAIT_S)
         return self.stats(re.escape(name) + "$").get(name, 0)
 
     def wait_for(self, predicate, timeout: float = 5.0, interval: float = 0.05):

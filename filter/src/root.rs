@@ -4,7 +4,7 @@ use crate::host::{self, BufferType};
 use crate::host_kv::HostKv;
 use crate::http::HttpFilter;
 use crate::logger;
-use crate::metrics::{Counter, Metrics};
+use crate::metrics::{Counter, Metrics, FLUSH_PERIOD_MS};
 use crate::route_policy::RouteOverrides;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -51,10 +51,15 @@ pub struct Root {
     plugin: Option<Rc<Plugin>>,
 }
 
-/// How often the root context re-reads the host's log level.
-const LOG_LEVEL_REFRESH_MS: u32 = 2_000;
-
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        // The VM stops: nothing counted may be lost.
+        if let Some(metrics) = &self.metrics {
+            metrics.flush();
+        }
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -64,11 +69,12 @@ impl RootContext for Root {
 
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         logger::refresh();
-        // Follow runtime log-level changes (Envoy's admin `/logging`) without a per-request
-        // host call. Hosts without ticks keep the level read here.
-        let _ = host::set_tick_period_ms(LOG_LEVEL_REFRESH_MS);
+        // The tick flushes the counters and follows runtime log-level changes (Envoy's admin
+        // `/logging`) without a per-request host call. Without ticks the level read here stays
+        // and every count goes to the host at once.
+        let ticking = host::set_tick_period_ms(FLUSH_PERIOD_MS).is_ok();
         let metrics = self.metrics.get_or_insert_with(|| {
-            let (metrics, refused) = Metrics::define();
+            let (metrics, refused) = Metrics::define(ticking);
             if refused > 0 {
                 log::info!(
                     "resetguard: the host refused {refused} metric definitions; counting is off"
@@ -84,7 +90,7 @@ impl RootContext for Root {
             Ok(raw) => raw.unwrap_or_default(),
             Err(e) => {
                 log::error!("resetguard: cannot read the plugin configuration: host answered {e}");
-                metrics.inc(Counter::ConfigRejected);
+                rejected(metrics);
                 return false;
             }
         };
@@ -95,7 +101,7 @@ impl RootContext for Root {
             Err(e) => {
                 // One line naming the field: Envoy refuses to start (or keeps the old config).
                 log::error!("resetguard: {e}");
-                metrics.inc(Counter::ConfigRejected);
+                rejected(metrics);
                 return false;
             }
         };
@@ -113,7 +119,7 @@ impl RootContext for Root {
                 Ok(store) => store,
                 Err(e) => {
                     log::error!("resetguard: {e}");
-                    metrics.inc(Counter::ConfigRejected);
+                    rejected(metrics);
                     return false;
                 }
             }
@@ -134,6 +140,9 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         logger::refresh();
+        if let Some(metrics) = &self.metrics {
+            metrics.flush();
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -197,4 +206,10 @@ fn open_store(config: &IdempotencyConfig) -> Result<Option<Box<dyn IdempotencySt
             Ok(None)
         }
     }
+}
+
+/// Counts a refused configuration and hands it to the host at once: the VM may not live on.
+fn rejected(metrics: &Metrics) {
+    metrics.inc(Counter::ConfigRejected);
+    metrics.flush();
 }

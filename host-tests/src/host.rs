@@ -165,16 +165,43 @@ impl Host {
         self.shared.clone()
     }
 
-    pub fn metric(&self, name: &str) -> Option<i64> {
+    /// A metric as Envoy's `/stats` shows it once every worker's pending counts reached it (the
+    /// filter flushes on its root context's tick: fired here, at the current time).
+    pub fn metric(&mut self, name: &str) -> Option<i64> {
+        self.flush_ticks();
         self.shared().metrics.get(name).map(|m| m.value)
     }
 
-    pub fn metrics(&self) -> BTreeMap<String, i64> {
+    /// Every metric, after each worker's tick (see `metric`).
+    pub fn metrics(&mut self) -> BTreeMap<String, i64> {
+        self.flush_ticks();
         self.shared()
             .metrics
             .iter()
             .map(|(k, m)| (k.clone(), m.value))
             .collect()
+    }
+
+    /// The metrics exactly as the host holds them, without firing any tick.
+    pub fn metrics_unflushed(&self) -> BTreeMap<String, i64> {
+        self.shared()
+            .metrics
+            .iter()
+            .map(|(k, m)| (k.clone(), m.value))
+            .collect()
+    }
+
+    /// Fires every registered root-context tick once, now (a trapped VM is left alone).
+    pub fn flush_ticks(&mut self) {
+        for vm in &mut self.vms {
+            if vm.trapped().is_some() {
+                continue;
+            }
+            let roots: Vec<u32> = vm.state().ticks.keys().copied().collect();
+            for root in roots {
+                let _ = vm.call(root, "proxy_on_tick", &[root as i32]);
+            }
+        }
     }
 
     pub fn logs(&self) -> Vec<LogLine> {

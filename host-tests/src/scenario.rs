@@ -73,7 +73,7 @@ fn request(r: &Value) -> Result<Request, String> {
     Ok(req)
 }
 
-fn outcome_counters(host: &Host) -> BTreeMap<String, i64> {
+fn outcome_counters(host: &mut Host) -> BTreeMap<String, i64> {
     host.metrics()
         .into_iter()
         .filter(|(k, _)| k.starts_with("resetguard.outcome."))
@@ -213,12 +213,12 @@ pub fn run(scenario: &Value, profile: Profile) -> Verdict {
             }
         }
         for (w, r, flight) in flights {
-            let before = outcome_counters(&host);
+            let before = outcome_counters(&mut host);
             let x = match host.vm(w).finish(flight) {
                 Ok(x) => x,
                 Err(e) => return Verdict::Failed(vec![e.to_string()]),
             };
-            let after = outcome_counters(&host);
+            let after = outcome_counters(&mut host);
             let moved = after
                 .iter()
                 .find(|(k, v)| before.get(*k) != Some(v))

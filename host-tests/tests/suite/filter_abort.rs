@@ -81,7 +81,7 @@ fn state(x: &Exchange, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-fn counter(host: &Host, name: &str) -> i64 {
+fn counter(host: &mut Host, name: &str) -> i64 {
     host.metric(name).unwrap_or(0)
 }
 
@@ -111,13 +111,13 @@ fn each_phase_is_counted_published_and_logged_at_debug_only() {
             assert_eq!(state(&x, "resetguard_code").as_deref(), Some("499"));
             assert_eq!(state(&x, "resetguard_abort_phase").as_deref(), Some(phase));
             assert_eq!(
-                counter(&host, &format!("resetguard.client_abort.{phase}")),
+                counter(&mut host, &format!("resetguard.client_abort.{phase}")),
                 1,
                 "{leave:?} keyed={keyed}: {:?}",
                 host.metrics()
             );
             assert_eq!(
-                counter(&host, "resetguard.outcome.client_abort"),
+                counter(&mut host, "resetguard.outcome.client_abort"),
                 i as i64 + 1
             );
             let logged = lines_with(&host, LogLevel::Debug, &format!("[{phase}] POST /orders"));
@@ -138,7 +138,7 @@ fn each_phase_is_counted_published_and_logged_at_debug_only() {
                 _ => assert_eq!((x.upstream_attempts(), x.status), (1, Some(201))),
             }
         }
-        assert_eq!(counter(&host, "resetguard.outcome.completed"), 0);
+        assert_eq!(counter(&mut host, "resetguard.outcome.completed"), 0);
         assert!(
             host.logs_at(LogLevel::Info)
                 .iter()
@@ -175,7 +175,7 @@ fn the_log_level_is_configurable_but_never_above_info() {
             host.logs()
         );
         assert!(host.logs_at(LogLevel::Warn).is_empty(), "{config}");
-        assert_eq!(counter(&host, "resetguard.outcome.client_abort"), 3);
+        assert_eq!(counter(&mut host, "resetguard.outcome.client_abort"), 3);
     }
     // At Envoy's default info level the default configuration writes nothing for an abort.
     let mut host = envoy();
@@ -198,7 +198,7 @@ fn an_upstream_reset_keeps_its_own_counter_level_and_no_abort_code() {
     );
     assert_eq!(state(&x, "resetguard_code"), None);
     assert_eq!(state(&x, "resetguard_abort_phase"), None);
-    assert_eq!(counter(&host, "resetguard.outcome.client_abort"), 0);
+    assert_eq!(counter(&mut host, "resetguard.outcome.client_abort"), 0);
     assert_eq!(
         lines_with(&host, LogLevel::Info, "upstream_reset POST /").len(),
         1
@@ -219,7 +219,7 @@ fn a_clean_request_reads_no_property_and_publishes_nothing() {
         x.property_reads
     );
     assert!(x.filter_state.is_empty());
-    assert_eq!(counter(&host, "resetguard.outcome.completed"), 1);
+    assert_eq!(counter(&mut host, "resetguard.outcome.completed"), 1);
 }
 
 /// What a client's retry with the same key got after the first attempt's client left.
@@ -269,13 +269,13 @@ fn a_keyed_client_that_left_is_not_stuck_behind_its_own_claim() {
         assert_eq!(got, expect, "{leave:?}");
     }
     assert_eq!(
-        counter(&first, "resetguard.idempotency.in_flight_conflicts"),
+        counter(&mut first, "resetguard.idempotency.in_flight_conflicts"),
         0
     );
-    assert_eq!(counter(&first, "resetguard.idempotency.released"), 0);
-    assert_eq!(counter(&first, "resetguard.idempotency.replays"), 1);
+    assert_eq!(counter(&mut first, "resetguard.idempotency.released"), 0);
+    assert_eq!(counter(&mut first, "resetguard.idempotency.replays"), 1);
     // An abort after the response passed the filter is a completed stream to it.
-    assert_eq!(counter(&first, "resetguard.outcome.client_abort"), 3);
+    assert_eq!(counter(&mut first, "resetguard.outcome.client_abort"), 3);
 
     // `unknown_outcome: release` (opt-in) lets the unknown case run again; what ran still never
     // does.
@@ -294,7 +294,10 @@ fn a_keyed_client_that_left_is_not_stuck_behind_its_own_claim() {
         let got = retry_after(&mut releasing, leave, &format!("k-release-{i}"));
         assert_eq!(got, expect, "{leave:?}");
     }
-    assert_eq!(counter(&releasing, "resetguard.idempotency.released"), 1);
+    assert_eq!(
+        counter(&mut releasing, "resetguard.idempotency.released"),
+        1
+    );
 }
 
 #[test]

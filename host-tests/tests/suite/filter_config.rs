@@ -4,7 +4,7 @@
 use host_tests::{Host, LogLevel, Profile};
 
 fn rejected(config: &[u8]) -> (bool, Vec<String>, Option<i64>) {
-    let host = Host::builder()
+    let mut host = Host::builder()
         .config_bytes(config)
         .start()
         .unwrap_or_else(|e| panic!("{e}"));

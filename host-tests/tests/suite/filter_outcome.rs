@@ -3,7 +3,7 @@
 use crate::common::*;
 use host_tests::{LogLevel, Profile, Request, UpstreamAction};
 
-fn counters(host: &host_tests::Host) -> [i64; 5] {
+fn counters(host: &mut host_tests::Host) -> [i64; 5] {
     [
         "completed",
         "client_abort",
@@ -36,11 +36,11 @@ fn cut_mid_body() -> UpstreamAction {
 fn outcomes_are_classified_from_envoy_stream_info() {
     let mut host = envoy();
     host.exchange(Request::get("/"));
-    assert_eq!(counters(&host), [1, 0, 0, 0, 0]);
+    assert_eq!(counters(&mut host), [1, 0, 0, 0, 0]);
 
     let x = host.exchange(Request::get("/").upstream(vec![slow(200)]).abort_after(50));
     assert!(x.client_aborted);
-    assert_eq!(counters(&host), [1, 1, 0, 0, 0]);
+    assert_eq!(counters(&mut host), [1, 1, 0, 0, 0]);
     assert_eq!(
         x.filter_state
             .get("wasm.resetguard_outcome")
@@ -51,11 +51,11 @@ fn outcomes_are_classified_from_envoy_stream_info() {
     let x =
         host.exchange(Request::post("/", "b").upstream(vec![UpstreamAction::ResetBeforeHeaders]));
     assert_eq!(x.status, Some(503));
-    assert_eq!(counters(&host), [1, 1, 1, 0, 0]);
+    assert_eq!(counters(&mut host), [1, 1, 1, 0, 0]);
 
     let x = host.exchange(Request::get("/").upstream(vec![cut_mid_body()]));
     assert!(!x.complete);
-    assert_eq!(counters(&host), [1, 1, 1, 1, 0]);
+    assert_eq!(counters(&mut host), [1, 1, 1, 1, 0]);
 
     // An upstream's own 503 is a completed exchange, not a reset.
     let own = UpstreamAction::Respond {
@@ -65,7 +65,7 @@ fn outcomes_are_classified_from_envoy_stream_info() {
         delay_ms: 0,
     };
     host.exchange(Request::post("/", "b").upstream(vec![own]));
-    assert_eq!(counters(&host), [2, 1, 1, 1, 0]);
+    assert_eq!(counters(&mut host), [2, 1, 1, 1, 0]);
     let info = host.logs_at(LogLevel::Info);
     assert!(
         !info.iter().any(|l| l.contains("client_abort")),
@@ -88,7 +88,7 @@ fn an_abort_while_retrying_is_still_a_client_abort() {
     let x = host.exchange(Request::get("/").upstream(plan).abort_after(100));
     assert!(x.client_aborted);
     assert_eq!(x.upstream_attempts(), 2);
-    assert_eq!(counters(&host), [0, 1, 0, 0, 0]);
+    assert_eq!(counters(&mut host), [0, 1, 0, 0, 0]);
 }
 
 #[test]
@@ -103,7 +103,7 @@ fn abort_logging_follows_the_config() {
         .logs()
         .iter()
         .any(|l| l.message.contains("client_abort")));
-    assert_eq!(counters(&host), [0, 1, 0, 0, 0]);
+    assert_eq!(counters(&mut host), [0, 1, 0, 0, 0]);
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn a_retriable_503_that_exhausts_its_retries_is_the_upstreams_answer_with_urx() 
         "Envoy sets URX alone on an exhausted retriable status"
     );
     assert_eq!(
-        counters(&host),
+        counters(&mut host),
         [1, 0, 0, 0, 0],
         "completed, not upstream_reset"
     );

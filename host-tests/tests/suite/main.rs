@@ -7,6 +7,7 @@ mod filter_abort;
 mod filter_config;
 mod filter_decision;
 mod filter_idem_glue;
+mod filter_metrics;
 mod filter_outcome;
 mod filter_retry;
 mod filter_robust;
