@@ -8,9 +8,11 @@ fn readme() -> String {
     std::fs::read_to_string(path).expect("README.md")
 }
 
-/// The rows of the first table under the README's "### `section`" heading: (key, default cell).
+/// The rows of the first table under the README's heading for `section` ("### `retry`",
+/// "#### `idempotency.store`"): (key, default cell).
 fn rows(readme: &str, section: &str) -> Vec<(String, String)> {
-    let heading = format!("\n### `{section}`\n");
+    let level = if section.contains('.') { "####" } else { "###" };
+    let heading = format!("\n{level} `{section}`\n");
     let start = readme
         .find(&heading)
         .unwrap_or_else(|| panic!("a {heading:?} heading"));
@@ -46,14 +48,34 @@ fn same(a: &Value, b: &Value) -> bool {
 fn every_setting_has_a_row_with_the_schema_default() {
     let schema: Value = serde_json::from_str(resetguard_cli::SCHEMA).unwrap();
     let readme = readme();
-    for section in ["retry", "client_abort", "idempotency"] {
-        let properties = schema["$defs"][section]["properties"].as_object().unwrap();
-        let rows = rows(&readme, section);
+    let mut sections: Vec<(String, &Value)> = ["retry", "client_abort", "idempotency"]
+        .map(|s| (s.to_string(), &schema["$defs"][s]))
+        .into();
+    while let Some((section, definition)) = sections.pop() {
+        let properties = definition["properties"].as_object().unwrap();
+        let rows = rows(&readme, &section);
         for (key, property) in properties {
             let Some((_, cell)) = rows.iter().find(|(k, _)| k == key) else {
                 panic!("README: no row for `{section}.{key}`");
             };
+            // A nested section (`$ref` to an object) has its own table under its own heading.
+            let target = property["$ref"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("#/$defs/"))
+                .map(|name| &schema["$defs"][name]);
+            if let Some(nested) = target.filter(|d| d["type"] == "object") {
+                sections.push((format!("{section}.{key}"), nested));
+                continue;
+            }
             let default = &property["default"];
+            // A setting without a default (required when used, e.g. a cluster name) shows `-`.
+            if default.is_null() {
+                assert!(
+                    cell.starts_with('-'),
+                    "README: `{section}.{key}` shows {cell}"
+                );
+                continue;
+            }
             assert!(
                 same(&shown_default(cell), default),
                 "README: `{section}.{key}` shows {cell}, the schema's default is {default}"

@@ -7,7 +7,7 @@ use crate::local_response;
 use crate::logger;
 use crate::metrics::{Counter, Metrics};
 use proxy_wasm::types::Action;
-use resetguard_core::idempotency::scope::RequestHead;
+use resetguard_core::idempotency::scope::{Hashing, RequestHead};
 use resetguard_core::idempotency::store::{
     Completion, Finish, IdempotencyStore, Report, StoreError, StoreResult,
 };
@@ -128,7 +128,14 @@ pub fn begin(
     };
     // The shared-data store peeks cheaply: an in-flight duplicate or a full shard is answered
     // before the headers reach the router.
-    let (machine, step) = keyed::begin(idem, store.seed(), head, key, end_of_stream, true);
+    let (machine, step) = keyed::begin(
+        idem,
+        store.seed().map(Hashing::Seeded),
+        head,
+        key,
+        end_of_stream,
+        true,
+    );
     let mut machine = machine.map(Box::new);
     let action = run(machine.as_deref_mut(), idem, step, metrics);
     (machine, action)

@@ -3,6 +3,7 @@
 
 use super::reader::{error, read_string, serialize_by_name, ConfigResult, Named, ObjectReader};
 use super::retry::read_method;
+use super::store::{Backend, StoreConfig, ETCD_VALUE_LIMIT_BYTES};
 
 /// Bounds that keep a typo from becoming a policy (or an allocation).
 pub const MAX_KEY_LENGTH_LIMIT: u64 = 8192;
@@ -90,6 +91,7 @@ pub struct IdempotencyConfig {
     pub retry_keyed_requests: bool,
     pub require_store: bool,
     pub unknown_outcome: UnknownOutcome,
+    pub store: StoreConfig,
 }
 
 impl Default for IdempotencyConfig {
@@ -113,6 +115,7 @@ impl Default for IdempotencyConfig {
             retry_keyed_requests: false,
             require_store: false,
             unknown_outcome: UnknownOutcome::Complete,
+            store: StoreConfig::default(),
         }
     }
 }
@@ -175,7 +178,18 @@ impl IdempotencyConfig {
             defaults.unknown_outcome,
             UnknownOutcome::NAMES,
         )?;
+        let response_limit_path = r.child_path("max_response_body_bytes");
+        let store = StoreConfig::read(r.object("store")?)?;
         r.finish()?;
+        if store.backend == Backend::Etcd && max_response_body_bytes > ETCD_VALUE_LIMIT_BYTES {
+            return Err(error(
+                &response_limit_path,
+                format!(
+                    "at most {ETCD_VALUE_LIMIT_BYTES} with the etcd store (etcd refuses larger \
+                     requests), got {max_response_body_bytes}"
+                ),
+            ));
+        }
         let config = IdempotencyConfig {
             enabled,
             mode,
@@ -194,6 +208,7 @@ impl IdempotencyConfig {
             retry_keyed_requests,
             require_store,
             unknown_outcome,
+            store,
         };
         if config.entries_per_shard() > ENTRIES_PER_SHARD_LIMIT {
             return Err(error(

@@ -8,11 +8,13 @@ mod retry;
 pub mod route_metadata;
 pub mod route_override;
 pub mod schema;
+mod store;
 
 pub use client_abort::{AbortLogLevel, ClientAbortConfig};
 pub use idempotency::{IdempotencyConfig, IdempotencyMode, UnknownOutcome, WhenFull};
 pub use reader::{ConfigError, ConfigResult};
 pub use retry::{RetryConfig, RetryOn, MAX_RETRIES_LIMIT, RFC9110_IDEMPOTENT};
+pub use store::{Backend, OnUnavailable, StoreConfig, ETCD_VALUE_LIMIT_BYTES};
 
 use reader::{error, ObjectReader};
 use serde_json::{Map, Value};

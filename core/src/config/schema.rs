@@ -164,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn fixed_settings_are_the_store_sizing_ones() {
+    fn fixed_settings_are_the_ones_that_size_or_choose_the_store() {
         assert_eq!(
             fixed_settings(),
             [
@@ -173,6 +173,7 @@ mod tests {
                 "idempotency.ttl_seconds",
                 "idempotency.lock_timeout_ms",
                 "idempotency.require_store",
+                "idempotency.store",
             ]
         );
     }

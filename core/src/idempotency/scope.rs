@@ -3,6 +3,58 @@
 
 use super::index::{Fingerprint, Identity};
 use super::keyed_hash::Keyed;
+use sha2::{Digest, Sha256};
+
+/// How identities and fingerprints are hashed. The local store keys them with its secret seed,
+/// so clients can neither aim keys at one shard nor predict another client's identity. A store
+/// shared by a fleet uses SHA-256: every proxy computes the same identity with no secret to hand
+/// out, and the shared store has no shards to aim at (collisions stay out of reach: 128 bits).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Hashing {
+    Seeded([u8; 16]),
+    Sha256,
+}
+
+enum Hasher {
+    Seeded(Keyed),
+    Sha256(Sha256),
+}
+
+impl Hasher {
+    fn new(hashing: Hashing) -> Hasher {
+        match hashing {
+            Hashing::Seeded(seed) => Hasher::Seeded(Keyed::new(&seed)),
+            Hashing::Sha256 => Hasher::Sha256(Sha256::new()),
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Seeded(h) => h.write(data),
+            Hasher::Sha256(h) => h.update(data),
+        }
+    }
+
+    /// One field, prefixed by its length so that adjacent fields cannot run into each other.
+    fn write_field(&mut self, data: &[u8]) {
+        self.write(&(data.len() as u64).to_le_bytes());
+        self.write(data);
+    }
+
+    fn finish(self) -> [u8; 16] {
+        match self {
+            Hasher::Seeded(h) => h.finish(),
+            Hasher::Sha256(h) => {
+                let digest = h.finalize();
+                digest
+                    .as_slice()
+                    .first_chunk::<16>()
+                    .copied()
+                    .unwrap_or_default()
+            }
+        }
+    }
+}
 use crate::config::IdempotencyConfig;
 
 /// The request fields the idempotency layer reads, all from the one header-map read.
@@ -80,12 +132,12 @@ impl KeyScope {
 /// The stored identity: a keyed hash of (scope header values, authority, method, path, key), so a
 /// key only ever matches within one client and one resource.
 pub fn identity(
-    seed: &[u8; 16],
+    hashing: Hashing,
     head: &RequestHead<'_>,
     key: &[u8],
     scope_headers: usize,
 ) -> Identity {
-    let mut h = Keyed::new(seed);
+    let mut h = Hasher::new(hashing);
     h.write_field(b"resetguard identity v1");
     for i in 0..scope_headers {
         let values: Vec<&[u8]> = head
@@ -107,8 +159,8 @@ pub fn identity(
 }
 
 /// The payload fingerprint: a keyed hash of the request body.
-pub fn fingerprint(seed: &[u8; 16], body: &[u8]) -> Fingerprint {
-    let mut h = Keyed::new(seed);
+pub fn fingerprint(hashing: Hashing, body: &[u8]) -> Fingerprint {
+    let mut h = Hasher::new(hashing);
     h.write_field(b"resetguard fingerprint v1");
     h.write(body);
     h.finish()
@@ -183,13 +235,13 @@ mod tests {
             head(&s, &[("content-length", "12")]).content_length,
             Some(12)
         );
-        let id = |h: &RequestHead<'_>, key: &[u8]| identity(&seed, h, key, 2);
+        let id = |h: &RequestHead<'_>, key: &[u8]| identity(Hashing::Seeded(seed), h, key, 2);
         assert_eq!(id(&alice, b"k"), id(&alice.clone(), b"k"));
         assert_ne!(id(&alice, b"k"), id(&bob, b"k"));
         assert_ne!(id(&alice, b"k"), id(&alice, b"k2"));
         assert_ne!(
             id(&alice, b"k"),
-            identity(&[8u8; 16], &alice, b"k", 2),
+            identity(Hashing::Seeded([8u8; 16]), &alice, b"k", 2),
             "seeded"
         );
         let other_path = RequestHead {
@@ -205,6 +257,19 @@ mod tests {
         // The same value under another scope header is another client.
         let tenant = head(&s, &[("x-tenant", "Bearer alice")]);
         assert_ne!(id(&alice, b"k"), id(&tenant, b"k"));
-        assert_ne!(fingerprint(&seed, b"{}"), fingerprint(&seed, b"{ }"));
+        assert_ne!(
+            fingerprint(Hashing::Seeded(seed), b"{}"),
+            fingerprint(Hashing::Seeded(seed), b"{ }")
+        );
+        // Fleet-wide hashing: the same on every proxy (no seed), still scoped, and another
+        // function than the seeded one.
+        let shared = |h: &RequestHead<'_>, key: &[u8]| identity(Hashing::Sha256, h, key, 2);
+        assert_eq!(shared(&alice, b"k"), shared(&alice.clone(), b"k"));
+        assert_ne!(shared(&alice, b"k"), shared(&bob, b"k"));
+        assert_ne!(shared(&alice, b"k"), id(&alice, b"k"));
+        assert_ne!(
+            fingerprint(Hashing::Sha256, b"{}"),
+            fingerprint(Hashing::Sha256, b"{ }")
+        );
     }
 }

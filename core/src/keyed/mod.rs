@@ -36,7 +36,7 @@ use crate::counter::Counter;
 use crate::idempotency::index::{Fingerprint, Identity, Peek, Unreplayable};
 use crate::idempotency::problem::Problem;
 use crate::idempotency::recorded::{RecordedResponse, MAX_STORED_HEADER_BYTES};
-use crate::idempotency::scope::{fingerprint, identity, RequestHead};
+use crate::idempotency::scope::{fingerprint, identity, Hashing, RequestHead};
 use crate::idempotency::store::{Claim, Report, StoreError, Ticket};
 use crate::idempotency::verdict::{Judgement, Verdict};
 use crate::idempotency::Idempotency;
@@ -133,7 +133,7 @@ enum Phase {
 /// One keyed request, from its headers to its end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyedStream {
-    seed: [u8; 16],
+    hashing: Hashing,
     identity: Identity,
     phase: Phase,
     /// Whether the current callback paused the stream while the store answers (so the answer
@@ -198,24 +198,24 @@ pub fn report_counters<T>(report: &Report<T>) -> impl Iterator<Item = (Counter, 
     .filter(|(_, n)| *n > 0)
 }
 
-/// Starts deduping a request whose key `decision::decide` found valid, with the store's `seed`
-/// (or the store's error reading it). `peek`: ask the store before the body is known (cheap on
+/// Starts deduping a request whose key `decision::decide` found valid, hashed as its store
+/// hashes (or with the store's error reading its seed). `peek`: ask the store before the body is known (cheap on
 /// the shared-data store; a round trip on a remote one). `None` when the request is not deduped.
 pub fn begin(
     idem: &Idempotency,
-    seed: Result<[u8; 16], StoreError>,
+    hashing: Result<Hashing, StoreError>,
     head: &RequestHead<'_>,
     key: &[u8],
     end_of_stream: bool,
     peek: bool,
 ) -> (Option<KeyedStream>, Step) {
-    let seed = match seed {
-        Ok(seed) => seed,
+    let hashing = match hashing {
+        Ok(hashing) => hashing,
         Err(e) => return (None, refuse(idem.rules.store_error(e))),
     };
     let mut stream = KeyedStream {
-        seed,
-        identity: identity(&seed, head, key, idem.scope.scope_headers.len()),
+        hashing,
+        identity: identity(hashing, head, key, idem.scope.scope_headers.len()),
         phase: Phase::AwaitingBody { seen: 0 },
         paused: false,
         ticket: None,
@@ -261,7 +261,7 @@ impl KeyedStream {
             action: Action::Pause,
             commands: vec![Command::Store(StoreCall::Claim {
                 identity: self.identity,
-                fingerprint: fingerprint(&self.seed, body),
+                fingerprint: fingerprint(self.hashing, body),
             })],
         }
     }

@@ -6,6 +6,7 @@ use super::settle::RETRY_LATER;
 use super::*;
 use crate::config::{Config, UnknownOutcome};
 use crate::idempotency::index::{Reclaimed, Unreplayable};
+use crate::idempotency::scope::Hashing;
 use crate::outcome::flags;
 
 const SEED: [u8; 16] = [7; 16];
@@ -84,7 +85,7 @@ fn problem(step: &Step) -> Option<(Problem, Option<u32>)> {
 
 /// A stream with a body, past its headers (no peek): the state before the body arrives.
 fn awaiting_body(idem: &Idempotency) -> KeyedStream {
-    let (stream, step) = begin(idem, Ok(SEED), &head(), KEY, false, false);
+    let (stream, step) = begin(idem, Ok(Hashing::Seeded(SEED)), &head(), KEY, false, false);
     assert_eq!(step, Step::with(Action::Continue));
     stream.unwrap()
 }
@@ -156,7 +157,7 @@ fn response_chunk(s: &mut KeyedStream, chunk: &[u8]) {
 #[test]
 fn no_body_claims_at_the_headers_and_waits_for_the_store() {
     let idem = enforce();
-    let (s, step) = begin(&idem, Ok(SEED), &head(), KEY, true, true);
+    let (s, step) = begin(&idem, Ok(Hashing::Seeded(SEED)), &head(), KEY, true, true);
     let mut s = s.unwrap();
     assert_eq!(step.action, Action::Pause);
     let Some(StoreCall::Claim { identity, .. }) = step.store_call() else {
@@ -191,7 +192,7 @@ fn with_a_body_the_headers_wait_for_a_peek_that_answers_what_needs_no_body() {
         (Err(StoreError::NotInitialized), None),
     ];
     for (peek, answered) in cases {
-        let (s, step) = begin(&idem, Ok(SEED), &head(), KEY, false, true);
+        let (s, step) = begin(&idem, Ok(Hashing::Seeded(SEED)), &head(), KEY, false, true);
         let mut s = s.unwrap();
         assert_eq!(step.action, Action::Pause, "the headers wait for the peek");
         assert!(matches!(step.store_call(), Some(StoreCall::Peek { .. })));
