@@ -10,11 +10,14 @@
 //!   sharded store over any key-value space with Envoy's shared-data semantics.
 //! * [`keyed`]: the keyed stream as a state machine: events in, the stream action and commands
 //!   out; and the decision at stream end whether a keyed request may run again.
+//! * [`etcd`]: the fleet-wide store on etcd's JSON gateway: records, requests and answers,
+//!   leases, the claim and settle operations.
 //! * [`counter`]: the names of everything the filter counts.
 
 pub mod config;
 pub mod counter;
 pub mod decision;
+pub mod etcd;
 pub mod idempotency;
 pub mod keyed;
 pub mod outcome;

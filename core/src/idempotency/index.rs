@@ -55,7 +55,7 @@ impl Unreplayable {
     ];
 
     /// The entry's kind byte.
-    fn kind(self) -> u8 {
+    pub fn kind(self) -> u8 {
         match self {
             Unreplayable::TooLarge => 3,
             Unreplayable::CutOff => 4,
@@ -65,7 +65,7 @@ impl Unreplayable {
         }
     }
 
-    fn of_kind(kind: u8) -> Option<Unreplayable> {
+    pub fn of_kind(kind: u8) -> Option<Unreplayable> {
         Unreplayable::ALL.into_iter().find(|u| u.kind() == kind)
     }
 }

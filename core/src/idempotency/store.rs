@@ -42,6 +42,15 @@ pub struct Ticket {
     pub slot: u16,
     /// The claim's lock deadline as written at claim time (only its owner can move it).
     pub lock_deadline_ms: u64,
+    /// Where the claim lives: the local store, or etcd at this key revision (what a completion
+    /// or release must find unchanged).
+    pub place: Place,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    Local,
+    Etcd { revision: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -320,6 +329,7 @@ impl<K: SharedKv> IdempotencyStore for ShardedStore<K> {
                 owner,
                 slot,
                 lock_deadline_ms: now_ms.saturating_add(limits.lock_timeout_ms),
+                place: Place::Local,
             }),
             Some(Decision::InFlight) => Claim::InFlight,
             Some(Decision::PayloadMismatch) => Claim::PayloadMismatch,

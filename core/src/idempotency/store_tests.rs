@@ -398,6 +398,7 @@ fn step(
                 owner: holder,
                 slot: 0,
                 lock_deadline_ms: 0,
+                place: Place::Local,
             };
             let slot = slot_of(store, &identity, holder);
             let report = store
@@ -424,6 +425,7 @@ fn step(
                         owner: holder,
                         slot: 0,
                         lock_deadline_ms: 0,
+                        place: Place::Local,
                     },
                     0,
                 )

@@ -7,6 +7,7 @@ use super::*;
 use crate::config::{Config, UnknownOutcome};
 use crate::idempotency::index::{Reclaimed, Unreplayable};
 use crate::idempotency::scope::Hashing;
+use crate::idempotency::store::Place;
 use crate::outcome::flags;
 
 const SEED: [u8; 16] = [7; 16];
@@ -37,6 +38,7 @@ fn ticket() -> Ticket {
         owner: 42,
         slot: 3,
         lock_deadline_ms: 30_000,
+        place: Place::Local,
     }
 }
 
