@@ -38,10 +38,21 @@ pub enum Counter {
     ClientAbortAwaitingUpstream,
     ClientAbortDuringResponse,
     RouteOverrideRejected,
+    StoreCallOk,
+    StoreCallConflict,
+    StoreCallTimeout,
+    StoreCallUnavailable,
+    StoreCallBadAnswer,
+    StoreCallLeaseGone,
+    StoreCallTooLarge,
+    StoreFallbackReject,
+    StoreFallbackPass,
+    StoreFallbackLocal,
+    StoreLeasesGranted,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 35] = [
+    pub const ALL: [Counter; 46] = [
         Counter::RequestsIdempotent,
         Counter::RequestsNonIdempotent,
         Counter::RequestsKeyed,
@@ -77,6 +88,17 @@ impl Counter {
         Counter::ClientAbortAwaitingUpstream,
         Counter::ClientAbortDuringResponse,
         Counter::RouteOverrideRejected,
+        Counter::StoreCallOk,
+        Counter::StoreCallConflict,
+        Counter::StoreCallTimeout,
+        Counter::StoreCallUnavailable,
+        Counter::StoreCallBadAnswer,
+        Counter::StoreCallLeaseGone,
+        Counter::StoreCallTooLarge,
+        Counter::StoreFallbackReject,
+        Counter::StoreFallbackPass,
+        Counter::StoreFallbackLocal,
+        Counter::StoreLeasesGranted,
     ];
 
     /// The metric name as it appears in the proxy's stats.
@@ -119,6 +141,17 @@ impl Counter {
             Counter::ClientAbortAwaitingUpstream => "resetguard.client_abort.awaiting_upstream",
             Counter::ClientAbortDuringResponse => "resetguard.client_abort.during_response",
             Counter::RouteOverrideRejected => "resetguard.config.route_override_rejected",
+            Counter::StoreCallOk => "resetguard.store.calls.ok",
+            Counter::StoreCallConflict => "resetguard.store.calls.conflict",
+            Counter::StoreCallTimeout => "resetguard.store.calls.timeout",
+            Counter::StoreCallUnavailable => "resetguard.store.calls.unavailable",
+            Counter::StoreCallBadAnswer => "resetguard.store.calls.bad_answer",
+            Counter::StoreCallLeaseGone => "resetguard.store.calls.lease_gone",
+            Counter::StoreCallTooLarge => "resetguard.store.calls.too_large",
+            Counter::StoreFallbackReject => "resetguard.store.fallbacks.reject",
+            Counter::StoreFallbackPass => "resetguard.store.fallbacks.pass",
+            Counter::StoreFallbackLocal => "resetguard.store.fallbacks.local",
+            Counter::StoreLeasesGranted => "resetguard.store.leases_granted",
         }
     }
 }

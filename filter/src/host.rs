@@ -59,6 +59,7 @@ fn status(code: u32) -> HostResult<()> {
 pub enum MapType {
     RequestHeaders = 0,
     ResponseHeaders = 2,
+    HttpCallResponseHeaders = 6,
 }
 
 /// Buffers, as numbered by the ABI.
@@ -67,6 +68,7 @@ pub enum MapType {
 pub enum BufferType {
     RequestBody = 0,
     ResponseBody = 1,
+    HttpCallResponseBody = 4,
     PluginConfiguration = 7,
 }
 
@@ -129,6 +131,7 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_set_header_map_pairs(map_type: u32, map_data: *const u8, map_size: usize) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -174,7 +177,11 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
 }
+
+/// `proxy_continue_stream`'s stream type of an HTTP request.
+const STREAM_HTTP_REQUEST: u32 = 0;
 
 /// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`.
 ///
@@ -264,6 +271,13 @@ pub fn set_header(map: MapType, name: &str, value: &[u8]) -> HostResult<()> {
             value.len(),
         )
     })
+}
+
+/// Replaces a whole header map with `pairs`, in that order.
+pub fn set_header_map(map: MapType, pairs: &[(&str, &[u8])]) -> HostResult<()> {
+    let encoded = encode_pairs(pairs);
+    // SAFETY: the buffer is live for the call.
+    status(unsafe { proxy_set_header_map_pairs(map as u32, encoded.as_ptr(), encoded.len()) })
 }
 
 pub fn remove_header(map: MapType, name: &[u8]) -> HostResult<()> {
@@ -359,6 +373,46 @@ pub fn increment_metric(id: u32, offset: i64) -> HostResult<()> {
 pub fn set_tick_period_ms(period: u32) -> HostResult<()> {
     // SAFETY: no pointers.
     status(unsafe { proxy_set_tick_period_milliseconds(period) })
+}
+
+/// Resumes the current HTTP request, paused while the filter waited (for a callout's answer).
+pub fn resume_request() -> HostResult<()> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) })
+}
+
+/// Sends a callout to `cluster` through the SDK, which routes its answer back to the context
+/// that sent it (its dispatcher keeps the token). The SDK answers Ok, BAD_ARGUMENT (an unknown
+/// cluster, missing pseudo-headers) or INTERNAL_FAILURE; a host answering anything else would
+/// trap the VM there, and proxies answer nothing else to this call.
+pub fn http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> HostResult<u32> {
+    proxy_wasm::hostcalls::dispatch_http_call(
+        cluster,
+        headers.to_vec(),
+        Some(body),
+        Vec::new(),
+        std::time::Duration::from_millis(timeout_ms),
+    )
+    .map_err(|status| HostError(status as u32))
+}
+
+/// A callout answer: its `:status` (0 if the host gives none) and body.
+pub fn http_call_response(body_size: usize) -> (u16, Vec<u8>) {
+    let status = header(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|raw| std::str::from_utf8(&raw).ok()?.parse().ok())
+        .unwrap_or(0);
+    let body = buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    (status, body)
 }
 
 fn encode_path(path: &[&str]) -> Vec<u8> {

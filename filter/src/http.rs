@@ -2,15 +2,15 @@
 //! idempotency layer, and classifies how the stream ended.
 
 use crate::host::{self, MapType};
-use crate::keyed_stream::{self, EndFacts};
+use crate::keyed_stream::{self, EndFacts, Keyed};
 use crate::logger;
 use crate::metrics::Counter;
 use crate::root::{Plugin, Shared};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use resetguard_core::config::AbortLogLevel;
-use resetguard_core::decision::{self, Arming, Decision, KeyDecision, Policy};
-use resetguard_core::keyed::{KeyedStream, StreamFacts};
+use resetguard_core::decision::{self, Arming, Decision, KeyDecision};
+use resetguard_core::keyed::StreamFacts;
 use resetguard_core::outcome::{self, AbortPhase, Outcome, ResponseSeen};
 use resetguard_core::retry_policy::RetrySafety;
 use std::rc::Rc;
@@ -24,7 +24,7 @@ pub struct HttpFilter {
     request_complete: bool,
     response: ResponseSeen,
     /// Only for requests the idempotency layer dedupes; unkeyed requests never allocate it.
-    keyed: Option<Box<KeyedStream>>,
+    keyed: Option<Box<Keyed>>,
 }
 
 impl HttpFilter {
@@ -58,12 +58,12 @@ impl HttpFilter {
             }
         }
         let action = match (&decision.key, shared.policy.idempotency.as_ref()) {
-            (KeyDecision::Refused { judgement, .. }, Some(idem)) => {
-                keyed_stream::refuse(idem, judgement.clone(), &shared.metrics)
+            (KeyDecision::Refused { judgement, .. }, Some(_)) => {
+                keyed_stream::refuse(shared, judgement.clone())
             }
             (KeyDecision::Valid { key }, Some(idem)) => {
                 let (keyed, action) =
-                    keyed_stream::begin(idem, &decision.head, key, end_of_stream, &shared.metrics);
+                    keyed_stream::begin(shared, idem, &decision.head, key, end_of_stream);
                 self.keyed = keyed;
                 action
             }
@@ -176,7 +176,19 @@ fn publish_outcome(result: Outcome, phase: Option<AbortPhase>) {
     }
 }
 
-impl Context for HttpFilter {}
+impl Context for HttpFilter {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let (Some(keyed), Some(shared)) = (self.keyed.as_mut(), self.shared.clone()) {
+            keyed_stream::on_http_call_response(keyed, &shared, token_id, body_size);
+        }
+    }
+}
 
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -192,47 +204,40 @@ impl HttpContext for HttpFilter {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.request_complete |= end_of_stream;
-        match (self.shared.as_deref(), self.keyed.as_mut()) {
-            (
-                Some(Shared {
-                    policy:
-                        Policy {
-                            idempotency: Some(idem),
-                            ..
-                        },
-                    metrics,
-                }),
-                Some(keyed),
-            ) => keyed_stream::on_request_body(keyed, idem, body_size, end_of_stream, metrics),
-            _ => Action::Continue,
+        let (Some(shared), Some(keyed)) = (self.shared.clone(), self.keyed.as_mut()) else {
+            return Action::Continue;
+        };
+        match &shared.policy.idempotency {
+            Some(idem) => {
+                keyed_stream::on_request_body(keyed, &shared, idem, body_size, end_of_stream)
+            }
+            None => Action::Continue,
         }
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         self.request_complete = true;
-        match (self.shared.as_deref(), self.keyed.as_mut()) {
-            (
-                Some(Shared {
-                    policy:
-                        Policy {
-                            idempotency: Some(idem),
-                            ..
-                        },
-                    metrics,
-                }),
-                Some(keyed),
-            ) => keyed_stream::on_request_trailers(keyed, idem, metrics),
-            _ => Action::Continue,
+        let (Some(shared), Some(keyed)) = (self.shared.clone(), self.keyed.as_mut()) else {
+            return Action::Continue;
+        };
+        match &shared.policy.idempotency {
+            Some(idem) => keyed_stream::on_request_trailers(keyed, &shared, idem),
+            None => Action::Continue,
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.response.headers = true;
         self.response.ended |= end_of_stream;
+        if let (Some(keyed), Some(shared)) = (self.keyed.as_mut(), self.shared.as_ref()) {
+            if keyed_stream::restore_replay_headers(keyed, &shared.metrics) {
+                return Action::Continue;
+            }
+        }
         // A recorded response reads its whole header map anyway: `:status` comes from it.
         let status = match (self.keyed.as_mut(), self.shared.as_ref()) {
-            (Some(keyed), Some(shared)) if keyed.records() => {
-                keyed_stream::on_response_headers(keyed, &shared.metrics)
+            (Some(keyed), Some(shared)) if keyed.machine.records() => {
+                keyed_stream::on_response_headers(&mut keyed.machine, &shared.metrics)
             }
             _ => host::header(MapType::ResponseHeaders, ":status")
                 .ok()
@@ -247,7 +252,7 @@ impl HttpContext for HttpFilter {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.response.ended |= end_of_stream;
         if let Some(keyed) = self.keyed.as_mut() {
-            keyed_stream::on_response_body(keyed, body_size);
+            keyed_stream::on_response_body(&mut keyed.machine, body_size);
         }
         Action::Continue
     }
@@ -255,7 +260,7 @@ impl HttpContext for HttpFilter {
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         self.response.ended = true;
         if let Some(keyed) = self.keyed.as_mut() {
-            keyed.on_response_trailers();
+            keyed.machine.on_response_trailers();
         }
         Action::Continue
     }
@@ -265,7 +270,7 @@ impl HttpContext for HttpFilter {
             let mut facts = EndFacts::default();
             if let (Some(keyed), Some(idem)) = (self.keyed.as_mut(), &shared.policy.idempotency) {
                 let ended = self.response.ended;
-                keyed_stream::on_stream_end(keyed, idem, ended, &mut facts, &shared.metrics);
+                keyed_stream::on_stream_end(keyed, &shared, idem, ended, &mut facts);
             }
             self.report_outcome(&shared, &mut facts);
         }

@@ -6,7 +6,13 @@ use crate::host::{self, BufferType, MapType};
 use crate::local_response;
 use crate::logger;
 use crate::metrics::{Counter, Metrics};
+use crate::remote_store::Remote;
+use crate::root::Shared;
 use proxy_wasm::types::Action;
+use resetguard_core::config::OnUnavailable;
+use resetguard_core::etcd::ops::{ClaimFailure, ClaimOp, Progress, Settle, SettleOp};
+use resetguard_core::idempotency::index::{Fingerprint, Identity};
+use resetguard_core::idempotency::recorded::RecordedResponse;
 use resetguard_core::idempotency::scope::{Hashing, RequestHead};
 use resetguard_core::idempotency::store::{
     Completion, Finish, IdempotencyStore, Report, StoreError, StoreResult,
@@ -32,14 +38,41 @@ fn now_ms() -> StoreResult<u64> {
         .map_err(|e| StoreError::Unavailable(e.name()))
 }
 
-/// Runs `step`'s commands; a store call is answered at once and its answer's step runs next.
-/// Returns the action of the last step: the current callback's.
-fn run(
-    mut machine: Option<&mut KeyedStream>,
-    idem: &Idempotency,
-    mut step: Step,
-    metrics: &Metrics,
-) -> Action {
+/// One keyed stream: the machine, the etcd claim it is waiting for, and the replay it sent.
+pub struct Keyed {
+    pub machine: KeyedStream,
+    pending: Option<PendingClaim>,
+    /// The stored status and headers of the replay this stream answered with: Envoy edits a
+    /// local reply's headers (a `content-type: text/plain` for a body without one, no
+    /// `content-type` for an empty body), so they are put back as stored when the reply passes
+    /// this filter's own response-headers callback.
+    replayed: Option<RecordedResponse>,
+}
+
+/// A claim sent to etcd whose answer has not come yet.
+struct PendingClaim {
+    token: u32,
+    op: ClaimOp,
+    lease: String,
+}
+
+/// Where a store call went.
+enum Executed {
+    /// Answered within this callback (the shared-data store).
+    Now(StoreAnswer),
+    /// Sent to etcd: the answer comes in a later callback (`on_http_call_response`).
+    Later(PendingClaim),
+}
+
+/// Runs `step`'s commands; a store call answered at once has its answer's step run next, one
+/// sent to etcd pauses the stream until it comes back. `later`: this runs in a callback after
+/// the one that paused the stream, so a `Resume` resumes it through the host. Returns the action
+/// of the last step: the current callback's.
+fn run(mut keyed: Option<&mut Keyed>, shared: &Shared, mut step: Step, later: bool) -> Action {
+    let metrics = &shared.metrics;
+    let Some(idem) = shared.policy.idempotency.as_ref() else {
+        return action(step.action);
+    };
     loop {
         let mut answer = None;
         for command in std::mem::take(&mut step.commands) {
@@ -50,27 +83,52 @@ fn run(
                     logger::request_line(),
                 ),
                 Command::Answer(reply) => {
-                    if let Err(e) = send(&reply) {
+                    let sent = send(&reply);
+                    if let (Ok(()), Answer::Replay(r), Some(k)) =
+                        (&sent, &reply, keyed.as_deref_mut())
+                    {
+                        k.replayed = Some(RecordedResponse {
+                            status: r.status,
+                            headers: r.headers.clone(),
+                            body: Vec::new(),
+                        });
+                    }
+                    if let Err(e) = sent {
                         // Could not answer: let the request through rather than leave it hanging.
                         metrics.inc(Counter::HostErrors);
                         log::warn!(
                             "resetguard: cannot send the idempotency answer ({e}); passing through"
                         );
-                        if let Some(m) = machine.as_deref_mut() {
-                            m.on_answer_failed();
+                        if let Some(k) = keyed.as_deref_mut() {
+                            k.machine.on_answer_failed();
                         }
                         step.action = keyed::Action::Continue;
+                        if later {
+                            resume(metrics);
+                        }
                     }
                 }
-                // The store answered within this callback, which returns the new action itself.
+                // Within the callback that paused, returning the new action resumes.
+                Command::Resume if later => resume(metrics),
                 Command::Resume => {}
-                Command::Store(call) => answer = Some(execute(idem, call)),
+                Command::Store(call) => answer = Some(execute(shared, idem, call)),
             }
         }
-        match (answer, machine.as_deref_mut()) {
-            (Some(answer), Some(m)) => step = m.on_store(idem, answer),
+        match (answer, keyed.as_deref_mut()) {
+            (Some(Executed::Now(answer)), Some(k)) => step = k.machine.on_store(idem, answer),
+            (Some(Executed::Later(pending)), Some(k)) => {
+                k.pending = Some(pending);
+                return Action::Pause;
+            }
             _ => return action(step.action),
         }
+    }
+}
+
+fn resume(metrics: &Metrics) {
+    if let Err(e) = host::resume_request() {
+        metrics.inc(Counter::HostErrors);
+        log::debug!("resetguard: cannot resume the request ({e})");
     }
 }
 
@@ -86,7 +144,25 @@ fn send(reply: &Answer) -> host::HostResult<()> {
     }
 }
 
-fn execute(idem: &Idempotency, call: StoreCall) -> StoreAnswer {
+fn owner_token() -> StoreResult<u64> {
+    getrandom::u64().map_err(|_| StoreError::Unavailable("no random source"))
+}
+
+fn execute(shared: &Shared, idem: &Idempotency, call: StoreCall) -> Executed {
+    match (&shared.remote, call) {
+        (
+            Some(remote),
+            StoreCall::Claim {
+                identity,
+                fingerprint,
+            },
+        ) => claim_remotely(remote, idem, identity, fingerprint),
+        (_, call) => Executed::Now(execute_locally(idem, call)),
+    }
+}
+
+/// The shared-data store answers within the callback.
+fn execute_locally(idem: &Idempotency, call: StoreCall) -> StoreAnswer {
     let store = idem.store.as_deref().ok_or(StoreError::NotInitialized);
     match call {
         StoreCall::Peek { identity } => {
@@ -96,11 +172,8 @@ fn execute(idem: &Idempotency, call: StoreCall) -> StoreAnswer {
             identity,
             fingerprint,
         } => {
-            let claim = store.and_then(|s| {
-                let owner =
-                    getrandom::u64().map_err(|_| StoreError::Unavailable("no random source"))?;
-                s.claim(&identity, &fingerprint, owner, now_ms()?)
-            });
+            let claim =
+                store.and_then(|s| s.claim(&identity, &fingerprint, owner_token()?, now_ms()?));
             if let Err(e) = &claim {
                 log::debug!("resetguard: idempotency store error {e:?}");
             }
@@ -109,36 +182,148 @@ fn execute(idem: &Idempotency, call: StoreCall) -> StoreAnswer {
     }
 }
 
+fn claim_remotely(
+    remote: &Remote,
+    idem: &Idempotency,
+    identity: Identity,
+    fingerprint: Fingerprint,
+) -> Executed {
+    let now = match now_ms() {
+        Ok(now) => now,
+        Err(e) => return Executed::Now(StoreAnswer::Claim(Err(e))),
+    };
+    let (Some(lease), Ok(owner)) = (remote.claim_lease(now), owner_token()) else {
+        return unavailable(remote, idem, identity, fingerprint, "no etcd lease yet");
+    };
+    let deadline = now.saturating_add(remote.lock_timeout_ms);
+    let (op, request) = ClaimOp::start(
+        &remote.config.prefix,
+        identity,
+        fingerprint,
+        owner,
+        &lease,
+        deadline,
+    );
+    match remote.send(&request) {
+        Ok(token) => Executed::Later(PendingClaim { token, op, lease }),
+        Err(_) => unavailable(
+            remote,
+            idem,
+            identity,
+            fingerprint,
+            "the etcd callout was refused",
+        ),
+    }
+}
+
+/// etcd cannot answer this claim: `on_unavailable: local` claims in this proxy's own store;
+/// otherwise the store error goes to the rules (`reject` or `pass`).
+fn unavailable(
+    remote: &Remote,
+    idem: &Idempotency,
+    identity: Identity,
+    fingerprint: Fingerprint,
+    why: &'static str,
+) -> Executed {
+    log::debug!("resetguard: etcd unavailable for a claim ({why})");
+    if remote.config.on_unavailable == OnUnavailable::Local && idem.store.is_some() {
+        remote.fell_back_locally();
+        return Executed::Now(execute_locally(
+            idem,
+            StoreCall::Claim {
+                identity,
+                fingerprint,
+            },
+        ));
+    }
+    Executed::Now(StoreAnswer::Claim(Err(StoreError::Unavailable(why))))
+}
+
+/// A callout's answer: the pending etcd claim's, which decides (or sends the next request).
+pub fn on_http_call_response(keyed: &mut Keyed, shared: &Shared, token: u32, body_size: usize) {
+    let (Some(remote), Some(idem)) = (&shared.remote, shared.policy.idempotency.as_ref()) else {
+        return;
+    };
+    let Some(mut pending) = keyed.pending.take_if(|p| p.token == token) else {
+        return;
+    };
+    let (status, body) = host::http_call_response(body_size);
+    let (call, progress) = pending.op.on_answer(status, &body);
+    remote.count(call);
+    let identity = pending.op.identity();
+    let fingerprint = pending.op.fingerprint();
+    let answer = match progress {
+        Progress::Send(request) => match remote.send(&request) {
+            Ok(token) => {
+                keyed.pending = Some(PendingClaim { token, ..pending });
+                return;
+            }
+            Err(_) => unavailable(
+                remote,
+                idem,
+                identity,
+                fingerprint,
+                "the etcd callout was refused",
+            ),
+        },
+        Progress::Done(Ok(claim)) => Executed::Now(StoreAnswer::Claim(Ok(Report {
+            value: claim,
+            reclaimed: Default::default(),
+            cas_conflicts: 0,
+        }))),
+        Progress::Done(Err(ClaimFailure::LeaseGone)) => {
+            remote.lease_gone(&pending.lease);
+            unavailable(
+                remote,
+                idem,
+                identity,
+                fingerprint,
+                "the etcd lease is gone",
+            )
+        }
+        Progress::Done(Err(ClaimFailure::Unavailable(failure))) => {
+            unavailable(remote, idem, identity, fingerprint, failure.as_str())
+        }
+    };
+    let Executed::Now(answer) = answer else {
+        return;
+    };
+    let step = keyed.machine.on_store(idem, answer);
+    run(Some(keyed), shared, step, true);
+}
+
 /// Answers (or, in report mode, counts) a request `decision::decide` refused before the store.
-pub fn refuse(idem: &Idempotency, judgement: Judgement, metrics: &Metrics) -> Action {
-    run(None, idem, keyed::refuse(judgement), metrics)
+pub fn refuse(shared: &Shared, judgement: Judgement) -> Action {
+    run(None, shared, keyed::refuse(judgement), false)
 }
 
 /// Starts deduping a request whose key `decision::decide` found valid (with a store; without
 /// one the key was all there was to check).
 pub fn begin(
+    shared: &Shared,
     idem: &Idempotency,
     head: &RequestHead<'_>,
     key: &[u8],
     end_of_stream: bool,
-    metrics: &Metrics,
-) -> (Option<Box<KeyedStream>>, Action) {
-    let Some(store) = idem.store.as_deref() else {
-        return (None, Action::Continue);
+) -> (Option<Box<Keyed>>, Action) {
+    let (hashing, peek) = match (&shared.remote, idem.store.as_deref()) {
+        // Every proxy of the fleet hashes alike; a peek would cost a round trip of its own.
+        (Some(_), _) => (Ok(Hashing::Sha256), false),
+        // The shared-data store peeks cheaply: an in-flight duplicate or a full shard is
+        // answered before the headers reach the router.
+        (None, Some(store)) => (store.seed().map(Hashing::Seeded), true),
+        (None, None) => return (None, Action::Continue),
     };
-    // The shared-data store peeks cheaply: an in-flight duplicate or a full shard is answered
-    // before the headers reach the router.
-    let (machine, step) = keyed::begin(
-        idem,
-        store.seed().map(Hashing::Seeded),
-        head,
-        key,
-        end_of_stream,
-        true,
-    );
-    let mut machine = machine.map(Box::new);
-    let action = run(machine.as_deref_mut(), idem, step, metrics);
-    (machine, action)
+    let (machine, step) = keyed::begin(idem, hashing, head, key, end_of_stream, peek);
+    let mut keyed = machine.map(|machine| {
+        Box::new(Keyed {
+            machine,
+            pending: None,
+            replayed: None,
+        })
+    });
+    let action = run(keyed.as_deref_mut(), shared, step, false);
+    (keyed, action)
 }
 
 /// The whole buffered request body; NOT_FOUND or a short answer is an error, not a shorter body.
@@ -151,24 +336,22 @@ pub fn read_request_body(size: usize) -> StoreResult<Vec<u8>> {
 }
 
 pub fn on_request_body(
-    machine: &mut KeyedStream,
+    keyed: &mut Keyed,
+    shared: &Shared,
     idem: &Idempotency,
     size: usize,
     end_of_stream: bool,
-    metrics: &Metrics,
 ) -> Action {
     log::debug!("resetguard: keyed request body: {size} bytes, end={end_of_stream}");
-    let step = machine.on_request_body(idem, size, end_of_stream, read_request_body);
-    run(Some(machine), idem, step, metrics)
+    let step = keyed
+        .machine
+        .on_request_body(idem, size, end_of_stream, read_request_body);
+    run(Some(keyed), shared, step, false)
 }
 
-pub fn on_request_trailers(
-    machine: &mut KeyedStream,
-    idem: &Idempotency,
-    metrics: &Metrics,
-) -> Action {
-    let step = machine.on_request_trailers(idem, read_request_body);
-    run(Some(machine), idem, step, metrics)
+pub fn on_request_trailers(keyed: &mut Keyed, shared: &Shared, idem: &Idempotency) -> Action {
+    let step = keyed.machine.on_request_trailers(idem, read_request_body);
+    run(Some(keyed), shared, step, false)
 }
 
 /// Starts recording the upstream's answer to a request that owns its key. Returns the raw
@@ -203,6 +386,40 @@ pub fn on_response_headers(machine: &mut KeyedStream, metrics: &Metrics) -> Opti
     }
 }
 
+/// The replay this stream sent is passing its own response callback: its headers become exactly
+/// the stored ones (in stored order), then `idempotent-replayed`, then the `content-length`
+/// Envoy computed. Envoy adds `date` and rewrites `server` on every response after this; those
+/// cannot be undone here (README, replay fidelity).
+pub fn restore_replay_headers(keyed: &mut Keyed, metrics: &Metrics) -> bool {
+    let Some(RecordedResponse {
+        status, headers, ..
+    }) = keyed.replayed.take()
+    else {
+        return false;
+    };
+    let length = host::header(MapType::ResponseHeaders, "content-length")
+        .ok()
+        .flatten();
+    let status = status.to_string();
+    let mut pairs: Vec<(&str, &[u8])> = Vec::with_capacity(headers.len() + 3);
+    pairs.push((":status", status.as_bytes()));
+    pairs.extend(
+        headers
+            .iter()
+            .filter_map(|(n, v)| Some((std::str::from_utf8(n).ok()?, v.as_slice()))),
+    );
+    pairs.push((local_response::REPLAYED_HEADER, b"true"));
+    if let Some(length) = &length {
+        pairs.push(("content-length", length));
+    }
+    if let Err(e) = host::set_header_map(MapType::ResponseHeaders, &pairs) {
+        // The replay goes as Envoy made it.
+        metrics.inc(Counter::HostErrors);
+        log::debug!("resetguard: cannot restore the replay's headers ({e})");
+    }
+    true
+}
+
 /// Copies a response chunk the machine records (read only then; the response never pauses).
 pub fn on_response_body(machine: &mut KeyedStream, size: usize) {
     if machine.wants_response_body(size) {
@@ -213,18 +430,47 @@ pub fn on_response_body(machine: &mut KeyedStream, size: usize) {
     }
 }
 
-/// Settles the claim at stream end on the store and counts what became of it.
+/// Settles the claim at stream end and counts what became of it: on the shared-data store now;
+/// a claim in etcd is handed to the root context, which sends it (a stream's own callouts end
+/// with it) and counts it when etcd answers.
 pub fn on_stream_end(
-    machine: &mut KeyedStream,
+    keyed: &mut Keyed,
+    shared: &Shared,
     idem: &Idempotency,
     response_ended: bool,
     facts: &mut dyn StreamFacts,
-    metrics: &Metrics,
 ) {
-    let (Some(settlement), Some(store)) = (
-        machine.on_stream_end(idem, response_ended, facts),
-        idem.store.as_deref(),
-    ) else {
+    let metrics = &shared.metrics;
+    let Some(settlement) = keyed.machine.on_stream_end(idem, response_ended, facts) else {
+        return;
+    };
+    if let Some(remote) = &shared.remote {
+        let ticket = settlement.ticket();
+        let settle = match &settlement {
+            Settlement::Store { response, .. } => Settle::Complete {
+                status: response.status,
+                response: Some(response.clone()),
+                why: None,
+            },
+            Settlement::CompleteUnreplayable { status, reason, .. } => Settle::Complete {
+                status: *status,
+                response: None,
+                why: Some(*reason),
+            },
+            Settlement::Release { .. } => Settle::Release,
+        };
+        if let Some(op) = SettleOp::new(
+            &remote.config.prefix,
+            ticket,
+            settle,
+            ticket.lock_deadline_ms,
+        ) {
+            remote.hand_over(op);
+            return;
+        }
+        // Claimed in the local fallback store: settled there, below.
+    }
+    let Some(store) = idem.store.as_deref() else {
         return;
     };
     let result = now_ms().and_then(|now| settle_on(store, &settlement, now));

@@ -10,6 +10,7 @@ mod keyed_stream;
 mod local_response;
 mod logger;
 pub mod metrics;
+mod remote_store;
 mod root;
 mod route_policy;
 

@@ -1,17 +1,24 @@
 //! The root context: validates the plugin configuration and hands it to every HTTP stream.
 
+use crate::host::HostError;
 use crate::host::{self, BufferType};
 use crate::host_kv::HostKv;
 use crate::http::HttpFilter;
 use crate::logger;
 use crate::metrics::{Counter, Metrics, FLUSH_PERIOD_MS};
+use crate::remote_store::{self, Remote};
 use crate::route_policy::RouteOverrides;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use resetguard_core::config::{self, Config, IdempotencyConfig};
+use resetguard_core::config::{self, Backend, Config, IdempotencyConfig, OnUnavailable};
 use resetguard_core::decision::Policy;
+use resetguard_core::etcd::gateway::Request;
+use resetguard_core::etcd::leases::LeaseKind;
+use resetguard_core::etcd::ops::{Progress, SettleOp, SettleWait};
 use resetguard_core::idempotency;
+use resetguard_core::idempotency::store::{Finish, Report, StoreError};
 use resetguard_core::idempotency::store::{IdempotencyStore, ShardedStore, SEED_LEN};
+use resetguard_core::keyed::settled_counters;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -19,6 +26,9 @@ use std::rc::Rc;
 pub struct Shared {
     pub policy: Policy,
     pub metrics: Metrics,
+    /// The fleet-wide store, when `idempotency.store.backend` is `etcd` (the policy's own store
+    /// is then the local fallback of `on_unavailable: local`, or none).
+    pub remote: Option<Rc<Remote>>,
 }
 
 impl Shared {
@@ -33,8 +43,15 @@ impl Shared {
         Shared {
             policy: Policy::with_store(config, store),
             metrics: self.metrics.clone(),
+            remote: self.remote.clone(),
         }
     }
+}
+
+/// A callout the root context sent, by token.
+enum RootCall {
+    Grant(LeaseKind),
+    Settle(SettleOp),
 }
 
 /// One accepted configuration: the plugin's policy, the plugin JSON that route overrides merge
@@ -49,9 +66,121 @@ pub struct Plugin {
 pub struct Root {
     metrics: Option<Metrics>,
     plugin: Option<Rc<Plugin>>,
+    /// Callouts out, by token (a handful: a linear list).
+    calls: Vec<(u32, RootCall)>,
+}
+
+impl Root {
+    /// The etcd store's upkeep on every tick: leases due, and the settlements streams handed
+    /// over (sent from here so that they outlive their streams), retried until they land or
+    /// their claim's in-flight lease would have run out.
+    fn tend(&mut self, remote: &Remote) {
+        let now = now_ms();
+        let grants = remote.leases.borrow_mut().due(now);
+        for (kind, request) in grants {
+            match remote.send(&request) {
+                Ok(token) => {
+                    self.calls.push((token, RootCall::Grant(kind)));
+                }
+                Err(_) => remote.leases.borrow_mut().on_grant_failed(kind),
+            }
+        }
+        let queued: Vec<SettleOp> = remote.settles.borrow_mut().drain(..).collect();
+        for op in queued {
+            self.settle(remote, op, now);
+        }
+    }
+
+    fn settle(&mut self, remote: &Remote, mut op: SettleOp, now: u64) {
+        if now >= op.give_up_at_ms {
+            self.settled(Ok(Finish::Lost));
+            return;
+        }
+        let lease = remote
+            .leases
+            .borrow()
+            .lease_for(LeaseKind::Retention, now)
+            .map(str::to_string);
+        match op.request(lease.as_deref()) {
+            Ok(request) => self.send_settle(remote, op, &request),
+            // No retention lease yet: its grant is due; wait for it.
+            Err(_) => remote.hand_over(op),
+        }
+    }
+
+    fn send_settle(&mut self, remote: &Remote, op: SettleOp, request: &Request) {
+        match remote.send(request) {
+            Ok(token) => {
+                self.calls.push((token, RootCall::Settle(op)));
+            }
+            Err(_) => remote.hand_over(op),
+        }
+    }
+
+    fn settled(&self, result: Result<Finish, StoreError>) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let result = result.map(|value| Report {
+            value,
+            reclaimed: Default::default(),
+            cas_conflicts: 0,
+        });
+        for (counter, n) in settled_counters(&result) {
+            metrics.add(counter, i64::from(n));
+        }
+        if let Ok(Report {
+            value: Finish::Lost,
+            ..
+        }) = result
+        {
+            log::info!(
+                "resetguard: idempotency: a claimed key could not be settled in etcd before its \
+                 in-flight lease ran out; it frees after lock_timeout_ms"
+            );
+        }
+    }
 }
 
 impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (Some(call), Some(remote)) = (
+            self.calls
+                .iter()
+                .position(|(t, _)| *t == token_id)
+                .map(|at| self.calls.swap_remove(at).1),
+            self.plugin.as_ref().and_then(|p| p.base.remote.clone()),
+        ) else {
+            return;
+        };
+        let (status, body) = host::http_call_response(body_size);
+        let now = now_ms();
+        match call {
+            RootCall::Grant(kind) => remote.on_granted(kind, status, &body, now),
+            RootCall::Settle(mut op) => {
+                let (outcome, progress) = op.on_answer(status, &body);
+                remote.count(outcome);
+                match progress {
+                    Progress::Send(request) => self.send_settle(&remote, op, &request),
+                    Progress::Done(Ok(finish)) => self.settled(Ok(finish)),
+                    Progress::Done(Err(SettleWait::Lease)) => {
+                        if let Some(lease) = &op.lease {
+                            remote.lease_gone(lease);
+                        }
+                        remote.hand_over(op);
+                    }
+                    Progress::Done(Err(SettleWait::Later)) => remote.hand_over(op),
+                }
+            }
+        }
+    }
+
     fn on_done(&mut self) -> bool {
         // The VM stops: nothing counted may be lost.
         if let Some(metrics) = &self.metrics {
@@ -114,8 +243,21 @@ impl RootContext for Root {
             config.retry.on_names(),
             config.retry.idempotent_methods,
         );
-        let store = if config.idempotency.enabled {
-            match open_store(&config.idempotency) {
+        let idem = &config.idempotency;
+        let remote = (idem.enabled && idem.store.backend == Backend::Etcd).then(|| {
+            let ttl_ms = idem.ttl_seconds.saturating_mul(1000);
+            Rc::new(Remote::new(
+                idem.store.clone(),
+                idem.lock_timeout_ms,
+                ttl_ms,
+                metrics.clone(),
+            ))
+        });
+        // The local store: the only one, or the fallback of `on_unavailable: local`.
+        let local =
+            idem.enabled && (remote.is_none() || idem.store.on_unavailable == OnUnavailable::Local);
+        let store = if local {
+            match open_store(idem) {
                 Ok(store) => store,
                 Err(e) => {
                     log::error!("resetguard: {e}");
@@ -126,9 +268,47 @@ impl RootContext for Root {
         } else {
             None
         };
+        if let Some(remote) = &remote {
+            // The tick also sends the settlements of finished streams: more often.
+            let _ = host::set_tick_period_ms(remote_store::TICK_MS);
+            // The first leases, and the check that the cluster exists: Envoy refuses a callout
+            // to an unknown cluster at once.
+            let now = now_ms();
+            let grants = remote.leases.borrow_mut().due(now);
+            for (kind, request) in grants {
+                match remote.send(&request) {
+                    Ok(token) => {
+                        self.calls.push((token, RootCall::Grant(kind)));
+                    }
+                    Err(e) if e == HostError::BAD_ARGUMENT => {
+                        log::error!(
+                            "resetguard: invalid plugin configuration at \
+                             `idempotency.store.cluster`: an Envoy cluster of the etcd members, \
+                             got {:?} (the proxy has no such cluster)",
+                            remote.config.cluster
+                        );
+                        rejected(metrics);
+                        return false;
+                    }
+                    Err(e) => {
+                        remote.leases.borrow_mut().on_grant_failed(kind);
+                        log::info!("resetguard: etcd lease grant not sent ({e}); retried on tick");
+                    }
+                }
+            }
+            log::info!(
+                "resetguard: idempotency store: etcd through cluster {} (prefix {}, timeout \
+                 {}ms, on_unavailable={:?})",
+                remote.config.cluster,
+                remote.config.prefix,
+                remote.config.timeout_ms,
+                remote.config.on_unavailable,
+            );
+        }
         let base = Rc::new(Shared {
             policy: Policy::with_store(config, store),
             metrics: metrics.clone(),
+            remote,
         });
         self.plugin = Some(Rc::new(Plugin {
             base,
@@ -140,6 +320,9 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         logger::refresh();
+        if let Some(remote) = self.plugin.as_ref().and_then(|p| p.base.remote.clone()) {
+            self.tend(&remote);
+        }
         if let Some(metrics) = &self.metrics {
             metrics.flush();
         }
@@ -212,4 +395,8 @@ fn open_store(config: &IdempotencyConfig) -> Result<Option<Box<dyn IdempotencySt
 fn rejected(metrics: &Metrics) {
     metrics.inc(Counter::ConfigRejected);
     metrics.flush();
+}
+
+fn now_ms() -> u64 {
+    host::now_nanos().map_or(0, |ns| ns / 1_000_000)
 }

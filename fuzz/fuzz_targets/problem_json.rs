@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
     let rules = Rules {
         mode: IdempotencyMode::Enforce,
         when_full: WhenFull::Reject,
+        on_unavailable: None,
     };
     for error in [KeyError::Missing, KeyError::Malformed("a reason")] {
         match rules.key_error(error, &header, max_length).verdict {

@@ -7,7 +7,10 @@
 use serde_json::Value;
 use std::sync::OnceLock;
 
+/// The schema as shipped (for `resetguard schema` and tools).
 pub const SCHEMA_JSON: &str = include_str!("../../../schema/resetguard.schema.json");
+/// The same schema without descriptions or whitespace (build.rs): what the filter reads.
+const SHAPES_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/shapes.json"));
 
 /// What a setting holds, as far as decoding the untyped route-metadata encoding needs to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +25,7 @@ pub enum Shape {
 fn schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
     // The file is part of the build and a test parses it: Null only if it were not JSON.
-    SCHEMA.get_or_init(|| serde_json::from_str(SCHEMA_JSON).unwrap_or(Value::Null))
+    SCHEMA.get_or_init(|| serde_json::from_str(SHAPES_JSON).unwrap_or(Value::Null))
 }
 
 /// The definition a `$ref` (`#/$defs/NAME`) points at, or the node itself.

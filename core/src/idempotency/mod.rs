@@ -86,7 +86,7 @@ pub mod verdict;
 #[cfg(test)]
 mod store_tests;
 
-use crate::config::IdempotencyConfig;
+use crate::config::{Backend, IdempotencyConfig};
 use scope::KeyScope;
 use store::{IdempotencyStore, StoreLimits};
 use verdict::Rules;
@@ -107,6 +107,8 @@ impl Idempotency {
             rules: Rules {
                 mode: config.mode,
                 when_full: config.when_full,
+                on_unavailable: (config.store.backend == Backend::Etcd)
+                    .then_some(config.store.on_unavailable),
             },
             store,
             config,

@@ -7,7 +7,7 @@ use super::key::KeyError;
 use super::problem::Problem;
 use super::recorded::RecordedResponse;
 use super::store::{Claim, StoreError, Ticket};
-use crate::config::{IdempotencyMode, WhenFull};
+use crate::config::{IdempotencyMode, OnUnavailable, WhenFull};
 use crate::counter::Counter;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +36,9 @@ pub struct Judgement {
 pub struct Rules {
     pub mode: IdempotencyMode,
     pub when_full: WhenFull,
+    /// A shared store's `on_unavailable` (`None` for the local store, whose errors follow
+    /// `when_full`). `Local` never reaches the rules: the glue claims locally instead.
+    pub on_unavailable: Option<OnUnavailable>,
 }
 
 impl Rules {
@@ -113,12 +116,34 @@ impl Rules {
     }
 
     pub fn store_error(&self, _error: StoreError) -> Judgement {
-        self.store_cannot_claim(
-            Problem::StoreBusy,
-            "the idempotency store is unavailable; retry later",
-            1,
-            Counter::IdemStoreErrors,
-        )
+        let reject = || {
+            self.enforce(
+                reject(
+                    Problem::StoreBusy,
+                    "the idempotency store is unavailable; retry later".to_string(),
+                    Some(1),
+                ),
+                vec![Counter::IdemStoreErrors],
+            )
+        };
+        match self.on_unavailable {
+            None => self.store_cannot_claim(
+                Problem::StoreBusy,
+                "the idempotency store is unavailable; retry later",
+                1,
+                Counter::IdemStoreErrors,
+            ),
+            Some(OnUnavailable::Reject) => {
+                let mut j = reject();
+                j.counters.push(Counter::StoreFallbackReject);
+                j
+            }
+            Some(OnUnavailable::Pass | OnUnavailable::Local) => Judgement {
+                verdict: Verdict::Proceed(None),
+                counters: vec![Counter::IdemStoreErrors, Counter::StoreFallbackPass],
+                would_have: None,
+            },
+        }
     }
 
     pub fn claim(&self, claim: Claim) -> Judgement {
@@ -252,10 +277,12 @@ mod tests {
     const ENFORCE: Rules = Rules {
         mode: IdempotencyMode::Enforce,
         when_full: WhenFull::Reject,
+        on_unavailable: None,
     };
     const REPORT: Rules = Rules {
         mode: IdempotencyMode::Report,
         when_full: WhenFull::Reject,
+        on_unavailable: None,
     };
 
     fn problem(j: &Judgement) -> Option<(Problem, Option<u32>)> {
@@ -322,6 +349,7 @@ mod tests {
         let rules = Rules {
             mode: IdempotencyMode::Enforce,
             when_full: WhenFull::PassThrough,
+            on_unavailable: None,
         };
         let j = rules.claim(Claim::Full { retry_after_s: 3 });
         assert_eq!(j.verdict, Verdict::Proceed(None));

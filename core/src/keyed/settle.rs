@@ -67,6 +67,16 @@ pub enum Settlement {
     Release { ticket: Ticket },
 }
 
+impl Settlement {
+    pub fn ticket(&self) -> &Ticket {
+        match self {
+            Settlement::Store { ticket, .. }
+            | Settlement::CompleteUnreplayable { ticket, .. }
+            | Settlement::Release { ticket } => ticket,
+        }
+    }
+}
+
 /// Whether the host says the client left (its connection closed, or it reset its stream).
 fn client_left(facts: &mut dyn StreamFacts) -> bool {
     facts.flags().is_some_and(|f| f & flags::CLIENT_LEFT != 0)

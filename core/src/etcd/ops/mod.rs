@@ -99,6 +99,14 @@ impl ClaimOp {
         )
     }
 
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
     fn ticket(&self, revision: u64) -> Ticket {
         Ticket {
             identity: self.identity,
