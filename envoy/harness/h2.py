@@ -7,7 +7,8 @@ from a plan registered for the request's `x-scenario-request` tag (or path), att
 plan repeat its last entry. An *attempt* here is a stream whose request headers arrived (a
 refused stream counts: the request reached the server, which declined it); so is a *head*, and a
 stream Envoy reset (RST_STREAM) before its request was complete is a *cut* (`PlannedUpstream`'s
-`heads` / `cuts` accessors).
+`heads` / `cuts` accessors). Only a stream it answered (`respond`) is an *execution*
+(`executions` / `key_executions`): a refused or reset stream was not processed.
 
 Actions:
   {"action": "respond", "status": 200, "headers": {...}, "body": "ok", "delay_ms": 0}
@@ -162,6 +163,7 @@ class ChaosH2Upstream(PlannedUpstream):
             if kind == "reset_stream":
                 self._reset(conn, st, st.action.get("error_code", "INTERNAL_ERROR"))
             elif kind == "respond":
+                self._record_execution(st.record)
                 body = st.action.get("body", "ok")
                 body = body if isinstance(body, bytes) else str(body).encode()
                 headers = [(":status", str(st.action.get("status", 200))),

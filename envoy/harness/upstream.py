@@ -21,6 +21,13 @@ What reached the upstream at all is counted apart from attempts, with the same t
 "Never reached the upstream" is `heads(...) == 0`; "no connection reset for it" is
 `cuts(...) == 0` (and `proxy_resets == proxy_closes == 0` for a whole run).
 
+An *execution* is an attempt whose work the upstream did: one it answered (`respond`, also when
+it then cut the answer, `reset_mid_body`) or one it processed and then reset without answering
+(`execute_then_reset`); `executions`, `key_executions`, `path_executions`, `total_executions`.
+An attempt the upstream reset without doing the work (`reset_before_headers`, `close`, a stale
+keep-alive reset, an h2 refused or reset stream) is not one. "Run exactly once" is
+`key_executions(key) == 1`.
+
 Behaviour is chosen per attempt:
   * a plan registered for the request's tag (or, failing that, its path): a list of actions, one
     per successive attempt; attempts beyond the list repeat the last entry;
@@ -28,7 +35,12 @@ Behaviour is chosen per attempt:
 
 Actions (dicts, the same vocabulary as scenarios/README.md):
   {"action": "respond", "status": 200, "headers": {...}, "body": "ok", "delay_ms": 0}
+      `headers` is a dict or a list of [name, value] pairs (sent in that order and case, repeats
+      kept: two `set-cookie`); `content-length` is added unless given, or unless `"chunked": true`,
+      which sends `transfer-encoding: chunked` and the body in `chunk_size`-byte chunks (default 4)
   {"action": "reset_before_headers", "delay_ms": 0}   read the request, then TCP RST, no answer
+  {"action": "execute_then_reset", "delay_ms": 0}     read the request, count it executed (the work
+      was done: "socket hang up after the work was done"), wait delay_ms, then TCP RST, no answer
   {"action": "reset_mid_body", "status": 200, "body": "full body", "body_prefix": "part"}
       send headers announcing the full length, then `body_prefix`, then RST
   {"action": "close"}                                   FIN without answer
@@ -117,6 +129,11 @@ class PlannedUpstream:
         self.total_cuts = 0
         # (tag, path, key, kind "close" | "reset", body bytes received), bounded by keep_requests
         self.cut_log: list = []
+        # Executions (the upstream did the work): see the module doc.
+        self.executions_by_path: Counter = Counter()
+        self.executions_by_tag: Counter = Counter()
+        self.executions_by_key: Counter = Counter()
+        self.total_executions = 0
         self.partial_heads = 0  # connections closed or reset by the proxy inside a request head
         self.proxy_closes = 0  # FIN from the proxy while a request (or its head) was incomplete
         self.proxy_resets = 0  # RST from the proxy while a request (or its head) was incomplete
@@ -153,10 +170,12 @@ class PlannedUpstream:
             self.requests.clear()
             self.total_attempts = 0
             for c in (self.heads_by_path, self.heads_by_tag, self.heads_by_key,
-                      self.cuts_by_path, self.cuts_by_tag, self.cuts_by_key):
+                      self.cuts_by_path, self.cuts_by_tag, self.cuts_by_key,
+                      self.executions_by_path, self.executions_by_tag, self.executions_by_key):
                 c.clear()
             self.cut_log.clear()
             self.total_heads = self.total_cuts = self.partial_heads = 0
+            self.total_executions = 0
             self.proxy_closes = self.proxy_resets = self.idle_closes = self.idle_resets = 0
 
     def attempts(self, tag: str) -> int:
@@ -204,6 +223,19 @@ class PlannedUpstream:
     def path_cuts(self, path: str) -> int:
         with self._lock:
             return self.cuts_by_path[path]
+
+    def executions(self, tag: str) -> int:
+        """Requests with this tag whose work the upstream did (see the module doc)."""
+        with self._lock:
+            return self.executions_by_tag[tag]
+
+    def key_executions(self, key: str) -> int:
+        with self._lock:
+            return self.executions_by_key[key]
+
+    def path_executions(self, path: str) -> int:
+        with self._lock:
+            return self.executions_by_path[path]
 
     def reached(self) -> dict:
         """A snapshot of what reached the upstream: totals of attempts, heads, cuts and the
@@ -307,6 +339,16 @@ class PlannedUpstream:
             if req.key is not None:
                 self.heads_by_key[req.key] += 1
 
+    def _record_execution(self, req: Request) -> None:
+        """The upstream did the work of an attempt already counted by `_record`."""
+        with self._lock:
+            self.total_executions += 1
+            self.executions_by_path[req.path] += 1
+            if req.tag is not None:
+                self.executions_by_tag[req.tag] += 1
+            if req.key is not None:
+                self.executions_by_key[req.key] += 1
+
     def _record_cut(self, req: Optional[Request], kind: str, body_bytes: int = 0) -> None:
         """The proxy closed (`kind` "close") or reset ("reset") the connection while `req` was
         incomplete (None: inside the head); "idle_close" / "idle_reset": between requests."""
@@ -392,6 +434,13 @@ class ChaosUpstream(PlannedUpstream):
         if kind == "close":
             conn.close()
             return False
+        if kind == "execute_then_reset":
+            # The work is done (counted before the delay, as a server commits before it answers);
+            # then the connection dies without an answer.
+            self._record_execution(req)
+            _rst_close(conn)
+            return False
+        self._record_execution(req)
         status = int(action.get("status", 200))
         body = _bytes(action.get("body", ""))
         prefix = b""
@@ -399,12 +448,20 @@ class ChaosUpstream(PlannedUpstream):
             prefix = _bytes(action.get("body_prefix", body[: max(1, len(body) // 2)]))
             if len(body) <= len(prefix):
                 body = prefix + b"-" * 64  # announce more than will ever arrive
-        headers = dict(action.get("headers") or {})
+        headers = action.get("headers") or {}
+        pairs = list(headers.items()) if isinstance(headers, dict) else [tuple(p) for p in headers]
         head = [f"HTTP/1.1 {status} {_reason(status)}"]
-        names = {k.lower() for k in headers}
-        for k, v in headers.items():
+        names = {k.lower() for k, _ in pairs}
+        for k, v in pairs:
             head.append(f"{k}: {v}")
-        if "content-length" not in names:
+        chunked = bool(action.get("chunked")) and kind == "respond"
+        if chunked:
+            if "transfer-encoding" not in names:
+                head.append("transfer-encoding: chunked")
+            size = max(1, int(action.get("chunk_size", 4)))
+            body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
+                            for i in range(0, len(body), size)) + b"0\r\n\r\n"
+        elif "content-length" not in names:
             head.append(f"content-length: {len(body)}")
         wire_head = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         if kind == "reset_mid_body":
