@@ -6,6 +6,7 @@ mod cost;
 mod filter_abort;
 mod filter_config;
 mod filter_decision;
+mod filter_etcd;
 mod filter_idem_glue;
 mod filter_metrics;
 mod filter_outcome;

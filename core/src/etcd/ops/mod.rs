@@ -118,12 +118,14 @@ impl ClaimOp {
         }
     }
 
-    /// What an existing key's record says to this request.
-    fn verdict(&self, kv: &Kv) -> Result<Claim, ClaimFailure> {
+    /// What an existing key's record says to this request. `ours_possible`: only a read-back
+    /// after our own unanswered write can find our claim (a failed create found the key there
+    /// before it); and only in flight: nothing of ours completed it yet.
+    fn verdict(&self, kv: &Kv, ours_possible: bool) -> Result<Claim, ClaimFailure> {
         // Not a record this filter wrote: leave it alone and say the store cannot answer.
         let record = Record::decode(&kv.value, &self.identity)
             .ok_or(ClaimFailure::Unavailable(Failure::BadAnswer))?;
-        if record.owner == self.owner {
+        if ours_possible && record.owner == self.owner && record.state == State::InFlight {
             // Our own claim, written by a call whose answer we did not get.
             return Ok(Claim::Claimed(self.ticket(kv.mod_revision)));
         }
@@ -154,7 +156,7 @@ impl ClaimOp {
                         Progress::Done(Ok(Claim::Claimed(self.ticket(t.revision))))
                     }
                     Ok(t) => Progress::Done(match t.existing {
-                        Some(kv) => self.verdict(&kv),
+                        Some(kv) => self.verdict(&kv, false),
                         // Created and gone within one transaction cannot be: garbage.
                         None => Err(ClaimFailure::Unavailable(Failure::BadAnswer)),
                     }),
@@ -171,7 +173,7 @@ impl ClaimOp {
                 let read = gateway::parse_range(status, body);
                 let call = outcome_of(&read, false);
                 let decided = match read {
-                    Ok(Some(kv)) => self.verdict(&kv),
+                    Ok(Some(kv)) => self.verdict(&kv, true),
                     // Not written (or not yet: a write etcd may still commit becomes an in-flight
                     // claim nobody settles, freed by its lease: a 409 meanwhile, never a second
                     // run).

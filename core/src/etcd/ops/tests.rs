@@ -120,6 +120,14 @@ fn an_existing_key_answers_from_its_record() {
         assert_eq!(call, Call::Conflict);
         assert_eq!(progress, Progress::Done(expected), "{existing:?}");
     }
+    // A failed create never reads the record as ours, even with our owner token (64 random bits
+    // that happen to match, or a mock host seeded alike): it was there before we wrote.
+    let (mut op, _) = claim();
+    let same_token = kv(&record(OWNER, FP, 0, State::InFlight), 40);
+    assert_eq!(
+        op.on_answer(200, &lost(Some(same_token))).1,
+        Progress::Done(Ok(Claim::InFlight))
+    );
     // A value under our prefix this filter did not write: left alone, the store cannot answer.
     let (mut op, _) = claim();
     let garbage = json!({"key": "eA==", "mod_revision": "3", "value": B64.encode("junk")});

@@ -1,0 +1,264 @@
+//! The fleet-wide store through the real module: two proxies (two hosts) on one etcd model, and
+//! every failure path of the gateway (a lost quorum, a write that commits yet answers 503, a
+//! reset, a timeout, garbage, lost leases), each deterministic. What must hold whatever etcd
+//! does: a keyed request never runs upstream twice, nothing traps, and neither the raw key nor a
+//! scope value ever reaches etcd in clear.
+
+use host_tests::etcd::{Etcd, Fault, Injection, Scope};
+use host_tests::{Exchange, Host, Request, UpstreamAction};
+
+fn config(on_unavailable: &str) -> String {
+    format!(
+        r#"{{"idempotency": {{"store": {{"backend": "etcd", "cluster": "etcd", "timeout_ms": 300,
+            "on_unavailable": "{on_unavailable}"}}}}}}"#
+    )
+}
+
+/// A proxy of the fleet: its own host (process), the shared etcd under its own client label.
+fn proxy(etcd: &Etcd, label: &str, on_unavailable: &str) -> Host {
+    let mut host = Host::builder()
+        .workers(2)
+        .config(&config(on_unavailable))
+        .etcd("etcd", &etcd.client(label))
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(host.configured(), "{:?}", host.logs());
+    // The leases granted at configure come back.
+    host.advance(10).unwrap();
+    host
+}
+
+const CREATED: &[u8] = b"{\"order\":\"o-7\",\"state\":\"created\"}";
+
+fn post(key: &str, body: &str, who: &str) -> Request {
+    Request::post("/orders", body)
+        .header("authorization", &format!("Bearer {who}-secret-token"))
+        .header("idempotency-key", key)
+        .upstream(vec![UpstreamAction::Respond {
+            status: 201,
+            headers: vec![
+                (b"content-type".to_vec(), b"application/json".to_vec()),
+                (b"set-cookie".to_vec(), b"a=1".to_vec()),
+            ],
+            body: CREATED.to_vec(),
+            delay_ms: 2,
+        }])
+}
+
+/// Lets the root contexts send (and etcd answer) the settlements of finished streams.
+fn settle(hosts: &mut [&mut Host]) {
+    for _ in 0..4 {
+        for h in hosts.iter_mut() {
+            h.advance(60).unwrap();
+        }
+    }
+}
+
+fn problem_type(x: &Exchange) -> String {
+    serde_json::from_slice::<serde_json::Value>(&x.body)
+        .ok()
+        .and_then(|v| v["type"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_retry_through_another_proxy_is_replayed_from_etcd_never_run_again() {
+    let etcd = Etcd::new();
+    let mut a = proxy(&etcd, "proxy-a", "reject");
+    let mut b = proxy(&etcd, "proxy-b", "reject");
+    let first = a.exchange(post("k-fleet", "{\"n\":1}", "alice"));
+    assert_eq!(
+        (first.status, first.upstream_attempts()),
+        (Some(201), 1),
+        "{first:?}"
+    );
+    settle(&mut [&mut a, &mut b]);
+    // The same request through the other proxy: the stored response, byte for byte.
+    let replay = b.exchange(post("k-fleet", "{\"n\":1}", "alice"));
+    assert_eq!(replay.status, Some(201), "{replay:?}");
+    assert_eq!(replay.upstream_attempts(), 0);
+    assert_eq!(
+        replay.header_str("idempotent-replayed").as_deref(),
+        Some("true")
+    );
+    assert_eq!(replay.body, CREATED);
+    assert_eq!(replay.header_str("set-cookie").as_deref(), Some("a=1"));
+    // Another payload: 422 from the other proxy too; another client: its own key.
+    let other = b.exchange(post("k-fleet", "{\"n\":2}", "alice"));
+    assert_eq!(other.status, Some(422));
+    let bob = b.exchange(post("k-fleet", "{\"n\":1}", "bob"));
+    assert_eq!((bob.status, bob.upstream_attempts()), (Some(201), 1));
+    // Neither the key nor a credential ever went to etcd in clear.
+    for secret in [&b"k-fleet"[..], b"alice-secret-token", b"bob-secret-token"] {
+        assert!(
+            etcd.requests_containing(secret).is_empty(),
+            "{}",
+            String::from_utf8_lossy(secret)
+        );
+    }
+    assert_eq!(a.metric("resetguard.idempotency.claimed"), Some(1));
+    assert_eq!(b.metric("resetguard.idempotency.replays"), Some(1));
+    assert!(
+        a.metric("resetguard.store.calls.ok").unwrap_or(0) >= 3,
+        "grants, claim, complete"
+    );
+}
+
+#[test]
+fn concurrent_duplicates_on_two_proxies_run_once() {
+    let etcd = Etcd::new();
+    let mut a = proxy(&etcd, "proxy-a", "reject");
+    let mut b = proxy(&etcd, "proxy-b", "reject");
+    let slow = || {
+        post("k-race", "{\"n\":1}", "alice").upstream(vec![UpstreamAction::Respond {
+            status: 201,
+            headers: vec![],
+            body: CREATED.to_vec(),
+            delay_ms: 200,
+        }])
+    };
+    let first = a.vm(0).begin(slow()).unwrap_or_else(|e| panic!("{e}"));
+    a.advance(20).unwrap();
+    let duplicate = b.exchange(slow());
+    assert_eq!(duplicate.status, Some(409), "{duplicate:?}");
+    assert!(problem_type(&duplicate).ends_with("key-in-flight"));
+    assert_eq!(duplicate.upstream_attempts(), 0);
+    let done = a.vm(0).finish(first).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((done.status, done.upstream_attempts()), (Some(201), 1));
+}
+
+#[test]
+fn a_claim_that_committed_but_answered_503_is_found_by_its_owner_token() {
+    let etcd = Etcd::new();
+    let mut a = proxy(&etcd, "proxy-a", "reject");
+    etcd.inject(
+        Injection::new(Fault::CommitThenTimeout)
+            .on(Scope::Path("/v3/kv/txn".into()))
+            .times(1),
+    );
+    let x = a.exchange(post("k-commit", "{\"n\":1}", "alice"));
+    assert_eq!((x.status, x.upstream_attempts()), (Some(201), 1), "{x:?}");
+    // etcd would answer 503 after 7 s; the 300 ms callout timeout answers first.
+    assert_eq!(a.metric("resetguard.store.calls.timeout"), Some(1));
+    settle(&mut [&mut a]);
+    let again = a.exchange(post("k-commit", "{\"n\":1}", "alice"));
+    assert_eq!(
+        again.header_str("idempotent-replayed").as_deref(),
+        Some("true")
+    );
+}
+
+#[test]
+fn with_etcd_unavailable_each_on_unavailable_choice_answers_as_documented() {
+    for (choice, status, runs) in [("reject", 503, 0), ("pass", 201, 1), ("local", 201, 1)] {
+        let etcd = Etcd::new();
+        let mut a = proxy(&etcd, "proxy-a", choice);
+        let quorum = etcd.fail(Fault::NoLeader);
+        let x = a.exchange(post("k-down", "{\"n\":1}", "alice"));
+        assert_eq!(
+            (x.status, x.upstream_attempts()),
+            (Some(status), runs),
+            "{choice}: {x:?}"
+        );
+        if choice == "reject" {
+            assert!(problem_type(&x).ends_with("store-busy"), "{choice}: {x:?}");
+            assert_eq!(x.header_str("retry-after").as_deref(), Some("1"));
+        }
+        if choice == "local" {
+            // Deduped in this proxy while etcd is down: the re-send is replayed locally.
+            let again = a.exchange(post("k-down", "{\"n\":1}", "alice"));
+            assert_eq!(
+                again.header_str("idempotent-replayed").as_deref(),
+                Some("true"),
+                "{again:?}"
+            );
+            // Both went to the local store: etcd was still down for the re-send.
+            assert_eq!(a.metric("resetguard.store.fallbacks.local"), Some(2));
+        }
+        // The claim waited at most one callout timeout (300 ms) before answering.
+        etcd.heal(quorum);
+        let after = a.exchange(post("k-after", "{\"n\":1}", "alice"));
+        assert_eq!(after.status, Some(201), "{choice}: etcd is back");
+    }
+}
+
+#[test]
+fn garbage_resets_and_lost_leases_never_trap_and_never_run_a_key_twice() {
+    let faults = [
+        Fault::Reset { applied: true },
+        Fault::Reset { applied: false },
+        Fault::Refuse,
+        Fault::Hang { applied: true },
+        Fault::Garbage {
+            status: 200,
+            body: b"<html>".to_vec(),
+            applied: false,
+        },
+        Fault::Garbage {
+            status: 200,
+            body: b"{\"header\":{}}".to_vec(),
+            applied: true,
+        },
+        Fault::LeaseGone,
+    ];
+    for (i, fault) in faults.into_iter().enumerate() {
+        let etcd = Etcd::new();
+        let mut a = proxy(&etcd, "proxy-a", "reject");
+        let key = format!("k-fault-{i}");
+        etcd.inject(
+            Injection::new(fault.clone())
+                .on(Scope::Path("/v3/kv/txn".into()))
+                .times(1),
+        );
+        let first = a.exchange(post(&key, "{\"n\":1}", "alice"));
+        assert!(a.vm(0).trapped().is_none(), "{fault:?}");
+        settle(&mut [&mut a]);
+        // Whatever the first got, its re-sends never make a second execution.
+        let mut runs = first.upstream_attempts();
+        for _ in 0..3 {
+            let again = a.exchange(post(&key, "{\"n\":1}", "alice"));
+            runs += again.upstream_attempts();
+            settle(&mut [&mut a]);
+        }
+        assert!(runs <= 1, "{fault:?}: {runs} executions");
+        // A lost lease is granted again: the store works afterwards.
+        let fresh = a.exchange(post(&format!("{key}-next"), "{\"n\":1}", "alice"));
+        assert_eq!(fresh.status, Some(201), "{fault:?}: {fresh:?}");
+    }
+}
+
+#[test]
+fn a_settlement_etcd_cannot_take_now_is_retried_until_it_lands() {
+    let etcd = Etcd::new();
+    let mut a = proxy(&etcd, "proxy-a", "reject");
+    let x = a.vm(0).begin(post("k-late", "{\"n\":1}", "alice")).unwrap();
+    // etcd goes away while the request is upstream; the completion fails, then is retried.
+    let down = etcd.fail(Fault::NoLeader);
+    let done = a.vm(0).finish(x).unwrap();
+    assert_eq!(done.status, Some(201));
+    settle(&mut [&mut a]);
+    etcd.heal(down);
+    settle(&mut [&mut a]);
+    assert_eq!(a.metric("resetguard.idempotency.stored"), Some(1));
+    let replay = a.exchange(post("k-late", "{\"n\":1}", "alice"));
+    assert_eq!(
+        replay.header_str("idempotent-replayed").as_deref(),
+        Some("true")
+    );
+}
+
+#[test]
+fn an_unknown_etcd_cluster_refuses_the_configuration_with_its_field() {
+    let host = Host::builder()
+        .config(r#"{"idempotency": {"store": {"backend": "etcd", "cluster": "nowhere"}}}"#)
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!host.configured());
+    let errors = host.logs_at(host_tests::LogLevel::Error);
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("`idempotency.store.cluster`") && l.contains("nowhere")),
+        "{errors:?}"
+    );
+}
