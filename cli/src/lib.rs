@@ -5,6 +5,7 @@ pub mod discover;
 pub mod document;
 pub mod effective;
 pub mod explain;
+pub mod hold;
 pub mod validate;
 
 /// The JSON Schema of the plugin configuration (`schema/resetguard.schema.json`).

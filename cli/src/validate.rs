@@ -89,6 +89,7 @@ pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
     let mut configs_found = 0;
     let mut errors = 0;
     let many = docs.len() > 1;
+    let mut founds = Vec::new();
     for (index, doc) in docs.iter().enumerate() {
         let found = discover::find(doc, bytes);
         configs_found += found.configs.len();
@@ -132,6 +133,10 @@ pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
         errors += ctx.errors;
         report.out.push_str(&ctx.out);
         report.err.push_str(&ctx.err);
+        founds.push(found);
+    }
+    for note in crate::hold::check(&docs, &founds) {
+        hold_note(&mut report, file, &docs, note);
     }
     if configs_found == 0 {
         report.status = UNUSABLE;
@@ -148,6 +153,23 @@ pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
         report.out = format!("ok: {file}\n{}", report.out);
     }
     report
+}
+
+/// A finding of the hold check (cli/src/hold.rs): a warning or hint, never an error; a hold
+/// that fits is printed with the policy.
+fn hold_note(report: &mut Report, file: &str, docs: &[Document], note: crate::hold::Note) {
+    let Some(doc) = docs.get(note.doc) else {
+        return;
+    };
+    let place = match doc.line_of(&note.path) {
+        Some(line) => format!("{file}:{line}: {}", note.path),
+        None => format!("{file}: {}", note.path),
+    };
+    let text = format!("{}: {place}: {}\n", note.level.label(), note.message);
+    match note.level {
+        crate::hold::Level::Info => report.out.push_str(&text),
+        _ => report.err.push_str(&text),
+    }
 }
 
 fn indent(lines: &[String], by: &str) -> String {

@@ -150,8 +150,8 @@ fn a_bootstrap_error_names_the_filter_and_the_field() {
         "bad-plugin.yaml",
         "examples/envoy/bootstrap.yaml",
         &[(
-            "\"connect-failure\", \"refused-stream\"]}}",
-            "\"connect-failure\", \"refused-strem\"]}}",
+            "\"connect-failure\", \"refused-stream\"]},",
+            "\"connect-failure\", \"refused-strem\"]},",
         )],
     );
     let line = line_of(&file, "value: |");
@@ -348,7 +348,7 @@ fn schema_prints_the_shipped_schema() {
 
 #[test]
 fn a_struct_configuration_is_read_as_envoy_passes_it() {
-    let file = broken("struct.yaml", "examples/envoy/bootstrap.yaml", &[("\"@type\": type.googleapis.com/google.protobuf.StringValue\n                  value: |\n                    {\"retry\": {\"max_retries\": 2, \"on\": [\"reset\", \"connect-failure\", \"refused-stream\"]}}", "\"@type\": type.googleapis.com/google.protobuf.Struct\n                  value:\n                    retry: { max_retries: 3, per_try_timeout_ms: -1 }")]);
+    let file = broken("struct.yaml", "examples/envoy/bootstrap.yaml", &[("\"@type\": type.googleapis.com/google.protobuf.StringValue\n                  value: |\n                    {\"retry\": {\"max_retries\": 2, \"on\": [\"reset\", \"connect-failure\", \"refused-stream\"]},\n                     \"idempotency\": {\"path_prefixes\": [\"/payments/\"]}}", "\"@type\": type.googleapis.com/google.protobuf.Struct\n                  value:\n                    retry: { max_retries: 3, per_try_timeout_ms: -1 }")]);
     let line = line_of(&file, "per_try_timeout_ms: -1");
     rejected(&file, &[&format!("{file}:{line}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.config.configuration.value.retry.per_try_timeout_ms: invalid plugin configuration: an integer from 0 to 3600000, got -1")]);
 }
