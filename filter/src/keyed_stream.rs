@@ -42,10 +42,9 @@ fn now_ms() -> StoreResult<u64> {
 pub struct Keyed {
     pub machine: KeyedStream,
     pending: Option<PendingClaim>,
-    /// The stored status and headers of the replay this stream answered with: Envoy edits a
-    /// local reply's headers (a `content-type: text/plain` for a body without one, no
-    /// `content-type` for an empty body), so they are put back as stored when the reply passes
-    /// this filter's own response-headers callback.
+    /// The replay this stream answered with, when Envoy edits such a local reply's headers (a
+    /// `content-type: text/plain` for a body without one, no `content-type` for an empty body):
+    /// they are put back as stored when the reply passes this filter's response callback.
     replayed: Option<RecordedResponse>,
 }
 
@@ -85,13 +84,17 @@ fn run(mut keyed: Option<&mut Keyed>, shared: &Shared, mut step: Step, later: bo
                 Command::Answer(reply) => {
                     let sent = send(&reply);
                     if let (Ok(()), Answer::Replay(r), Some(k)) =
-                        (&sent, &reply, keyed.as_deref_mut())
+                        (&sent, reply, keyed.as_deref_mut())
                     {
-                        k.replayed = Some(RecordedResponse {
-                            status: r.status,
-                            headers: r.headers.clone(),
-                            body: Vec::new(),
-                        });
+                        // Only a reply Envoy edits needs its headers put back (README, replay
+                        // fidelity): one without a content-type, or with an empty body.
+                        let typed = r
+                            .headers
+                            .iter()
+                            .any(|(n, _)| n.as_slice() == b"content-type");
+                        if !typed || r.body.is_empty() {
+                            k.replayed = Some(r);
+                        }
                     }
                     if let Err(e) = sent {
                         // Could not answer: let the request through rather than leave it hanging.

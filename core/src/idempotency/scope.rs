@@ -140,14 +140,14 @@ pub fn identity(
     let mut h = Hasher::new(hashing);
     h.write_field(b"resetguard identity v1");
     for i in 0..scope_headers {
-        let values: Vec<&[u8]> = head
-            .scope_values
-            .iter()
-            .filter(|(at, _)| *at == i)
-            .map(|(_, v)| *v)
-            .collect();
-        h.write_field(&(values.len() as u64).to_le_bytes());
-        for v in values {
+        let values = || {
+            head.scope_values
+                .iter()
+                .filter(move |(at, _)| *at == i)
+                .map(|(_, v)| *v)
+        };
+        h.write_field(&(values().count() as u64).to_le_bytes());
+        for v in values() {
             h.write_field(v);
         }
     }

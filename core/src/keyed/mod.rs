@@ -40,6 +40,7 @@ use crate::idempotency::scope::{fingerprint, identity, Hashing, RequestHead};
 use crate::idempotency::store::{Claim, Report, StoreError, Ticket};
 use crate::idempotency::verdict::{Judgement, Verdict};
 use crate::idempotency::Idempotency;
+use smallvec::{smallvec, SmallVec};
 
 /// What the current callback returns to the host.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -92,18 +93,21 @@ pub enum Answer {
     Replay(RecordedResponse),
 }
 
+/// A step's commands: a handful, kept inline (no allocation per callback).
+pub type Commands = SmallVec<[Command; 4]>;
+
 /// What a callback returns: the action, then the commands to carry out in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     pub action: Action,
-    pub commands: Vec<Command>,
+    pub commands: Commands,
 }
 
 impl Step {
     fn with(action: Action) -> Step {
         Step {
             action,
-            commands: Vec::new(),
+            commands: Commands::new(),
         }
     }
 
@@ -147,7 +151,7 @@ pub struct KeyedStream {
 
 /// Turns a judgement into commands: its counters, then the answer (or, in report mode, what the
 /// answer would have been). `Some(ticket)`-less proceeding is `Ok(None)`.
-fn apply(judgement: Judgement, commands: &mut Vec<Command>) -> Result<Option<Ticket>, ()> {
+fn apply(judgement: Judgement, commands: &mut Commands) -> Result<Option<Ticket>, ()> {
     for counter in judgement.counters {
         commands.push(Command::Count(counter, 1));
     }
@@ -233,7 +237,7 @@ pub fn begin(
         stream.paused = true;
         Step {
             action: Action::Pause,
-            commands: vec![Command::Store(StoreCall::Peek {
+            commands: smallvec![Command::Store(StoreCall::Peek {
                 identity: stream.identity,
             })],
         }
@@ -259,7 +263,7 @@ impl KeyedStream {
         self.paused = true;
         Step {
             action: Action::Pause,
-            commands: vec![Command::Store(StoreCall::Claim {
+            commands: smallvec![Command::Store(StoreCall::Claim {
                 identity: self.identity,
                 fingerprint: fingerprint(self.hashing, body),
             })],
@@ -268,7 +272,11 @@ impl KeyedStream {
 
     /// Where a judgement leaves the request: answered, or on its way upstream.
     fn judged(&mut self, judgement: Judgement) -> Step {
-        let mut commands = Vec::new();
+        self.judged_after(judgement, Commands::new())
+    }
+
+    /// `judged`, after `commands` (what the store observed on the way).
+    fn judged_after(&mut self, judgement: Judgement, mut commands: Commands) -> Step {
         let action = match apply(judgement, &mut commands) {
             Ok(ticket) => {
                 self.ticket = ticket;
@@ -313,19 +321,16 @@ impl KeyedStream {
                 }
             }
             (Phase::Claiming, StoreAnswer::Claim(claim)) => {
-                let mut counters = Vec::new();
+                let mut observed = Commands::new();
                 let judgement = match claim {
                     Ok(report) => {
-                        counters
+                        observed
                             .extend(report_counters(&report).map(|(c, n)| Command::Count(c, n)));
                         idem.rules.claim(report.value)
                     }
                     Err(e) => idem.rules.store_error(e),
                 };
-                let mut step = self.judged(judgement);
-                counters.append(&mut step.commands);
-                step.commands = counters;
-                step
+                self.judged_after(judgement, observed)
             }
             // An answer nobody waits for (the stream moved on): nothing to do.
             _ => Step::with(self.action_now()),

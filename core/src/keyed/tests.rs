@@ -173,7 +173,7 @@ fn no_body_claims_at_the_headers_and_waits_for_the_store() {
         StoreAnswer::Claim(Ok(report(Claim::Claimed(ticket())))),
     );
     assert_eq!(
-        step.commands,
+        step.commands.as_slice(),
         [Command::Count(Counter::IdemClaimed, 1), Command::Resume]
     );
     assert!(!s.waiting() && s.records());
@@ -210,7 +210,7 @@ fn with_a_body_the_headers_wait_for_a_peek_that_answers_what_needs_no_body() {
                 .on_stream_end(&idem, true, &mut Facts::default())
                 .is_none());
         } else {
-            assert_eq!(step.commands, [Command::Resume], "{peek:?}");
+            assert_eq!(step.commands.as_slice(), [Command::Resume], "{peek:?}");
             assert_eq!(step.action, Action::Continue);
             let step = s.on_request_body(&idem, 3, true, body_ok(3));
             assert!(matches!(step.store_call(), Some(StoreCall::Claim { .. })));
@@ -351,7 +351,7 @@ fn what_the_store_reclaimed_on_the_way_is_counted() {
     };
     let step = s.on_store(&idem, StoreAnswer::Claim(Ok(answer)));
     assert_eq!(
-        step.commands,
+        step.commands.as_slice(),
         [
             Command::Count(Counter::IdemExpired, 2),
             Command::Count(Counter::IdemLockExpired, 1),
