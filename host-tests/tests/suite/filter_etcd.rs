@@ -262,3 +262,79 @@ fn an_unknown_etcd_cluster_refuses_the_configuration_with_its_field() {
         "{errors:?}"
     );
 }
+
+/// The gateway-answer driver: seeded random faults on every kind of etcd call while keyed
+/// requests and their re-sends go through two proxies, some clients leaving mid-request. Whatever
+/// etcd answers: no trap, and no key ever runs upstream twice.
+#[test]
+fn random_gateway_faults_never_trap_or_run_a_key_twice() {
+    use rand::{RngExt, SeedableRng};
+    let seed: u64 = std::env::var("RESETGUARD_ETCD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let etcd = Etcd::new();
+    let mut proxies = [
+        proxy(&etcd, "proxy-a", "reject"),
+        proxy(&etcd, "proxy-b", "reject"),
+    ];
+    let mut runs: std::collections::HashMap<String, u32> = Default::default();
+    let faults = |rng: &mut rand::rngs::StdRng| match rng.random_range(0..8) {
+        0 => Fault::CommitThenTimeout,
+        1 => Fault::Reset {
+            applied: rng.random(),
+        },
+        2 => Fault::Refuse,
+        3 => Fault::Hang {
+            applied: rng.random(),
+        },
+        4 => Fault::Garbage {
+            status: 200,
+            body: b"{\"header\":{\"revision\":\"x\"}}".to_vec(),
+            applied: rng.random(),
+        },
+        5 => Fault::LeaseGone,
+        6 => Fault::NoLeader,
+        _ => Fault::Garbage {
+            status: 503,
+            body: b"no".to_vec(),
+            applied: false,
+        },
+    };
+    for round in 0..60 {
+        let key = format!("k-rnd-{}", rng.random_range(0..20));
+        if rng.random_range(0..3) == 0 {
+            let path = ["/v3/kv/txn", "/v3/kv/range", "/v3/lease/grant"][rng.random_range(0..3)];
+            etcd.inject(
+                Injection::new(faults(&mut rng))
+                    .on(Scope::Path(path.into()))
+                    .times(rng.random_range(1..3)),
+            );
+        }
+        let which = rng.random_range(0..2);
+        let mut request = post(&key, "{\"n\":1}", "alice");
+        if rng.random_range(0..6) == 0 {
+            request = request.abort_after(rng.random_range(0..6));
+        }
+        let x = proxies[which].exchange(request);
+        *runs.entry(key.clone()).or_default() += x.upstream_attempts();
+        for p in proxies.iter_mut() {
+            p.advance(rng.random_range(0..120)).unwrap();
+            assert!(
+                p.vm(0).trapped().is_none() && p.vm(1).trapped().is_none(),
+                "seed {seed} round {round}"
+            );
+        }
+        if rng.random_range(0..10) == 0 {
+            etcd.heal_all();
+        }
+    }
+    for (key, n) in &runs {
+        assert!(*n <= 1, "seed {seed}: {key} ran {n} times");
+    }
+    let a_runs = proxies[0]
+        .metric("resetguard.idempotency.claimed")
+        .unwrap_or(0);
+    assert!(a_runs > 0, "the driver reached the store");
+}
