@@ -23,6 +23,21 @@ pub fn parse_strict(raw: &[u8]) -> Result<Value, ConfigError> {
     })
 }
 
+/// Parses one JSON value with the same rules, for text that is not configuration (the schema,
+/// etcd's answers): `None` for anything that is not JSON. One deserializer for every JSON the
+/// filter reads keeps one copy of its code in the .wasm.
+pub fn parse_value(raw: &[u8]) -> Option<Value> {
+    let duplicate = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let value = Strict {
+        path: String::new(),
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok().map(|()| value)
+}
+
 /// Builds a `Value` like serde_json's own, carrying the path so a duplicate can be named.
 struct Strict<'d> {
     path: String,

@@ -25,7 +25,9 @@ pub enum Shape {
 fn schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
     // The file is part of the build and a test parses it: Null only if it were not JSON.
-    SCHEMA.get_or_init(|| serde_json::from_str(SHAPES_JSON).unwrap_or(Value::Null))
+    SCHEMA.get_or_init(|| {
+        super::json_text::parse_value(SHAPES_JSON.as_bytes()).unwrap_or(Value::Null)
+    })
 }
 
 /// The definition a `$ref` (`#/$defs/NAME`) points at, or the node itself.

@@ -4,6 +4,7 @@
 //! What comes back may also be the proxy's own reply (a reset, a refused connect, a timeout) or
 //! garbage: every answer is classified, never trusted blindly.
 
+use crate::config::json_text::parse_value;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -139,9 +140,7 @@ fn txn(compare: Value, success: Value, k: &str) -> Request {
 
 /// What a non-200 answer (or an unreadable one) means.
 fn failure(status: u16, body: &[u8]) -> Failure {
-    let code = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("code").and_then(Value::as_u64));
+    let code = parse_value(body).and_then(|v| v.get("code").and_then(Value::as_u64));
     match (status, code) {
         (404, Some(5)) => Failure::LeaseGone,
         (400 | 413, _) if contains(body, b"too large") => Failure::TooLarge,
@@ -161,8 +160,8 @@ fn ok_json(status: u16, body: &[u8]) -> Result<Value, Failure> {
     if status != 200 {
         return Err(failure(status, body));
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v @ Value::Object(_)) => Ok(v),
+    match parse_value(body) {
+        Some(v @ Value::Object(_)) => Ok(v),
         _ => Err(Failure::BadAnswer),
     }
 }
