@@ -124,6 +124,9 @@ pub fn load_yaml(text: &str, yaml11: bool) -> Result<Vec<Document>, String> {
     Ok(builder.documents)
 }
 
+/// The deepest nesting read, as serde_json's own recursion limit for JSON.
+pub const MAX_DEPTH: usize = 128;
+
 enum Frame {
     Mapping {
         path: String,
@@ -228,6 +231,7 @@ impl Builder {
                 self.push_value(value);
             }
             Event::MappingStart(anchor, _) => {
+                self.check_depth(mark)?;
                 let path = self.start_node("a mapping", mark)?;
                 self.stack.push(Frame::Mapping {
                     path,
@@ -237,6 +241,7 @@ impl Builder {
                 });
             }
             Event::SequenceStart(anchor, _) => {
+                self.check_depth(mark)?;
                 let path = self.start_node("a sequence", mark)?;
                 self.stack.push(Frame::Sequence {
                     path,
@@ -256,6 +261,18 @@ impl Builder {
                 self.push_value(value);
             }
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
+        }
+        Ok(())
+    }
+
+    /// Refuses nesting deeper than JSON input may be (serde_json's limit): every later step
+    /// (serialising a plugin config, walking a bootstrap) recurses once per level.
+    fn check_depth(&self, mark: Marker) -> Result<(), String> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(format!(
+                "line {}: nested deeper than {MAX_DEPTH} levels",
+                mark.line()
+            ));
         }
         Ok(())
     }
@@ -416,6 +433,23 @@ mod tests {
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].problems[0].0, "a");
         assert!(load("a: [1\n").is_err());
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let ok = format!("{}x", "- ".repeat(MAX_DEPTH));
+        assert!(load_yaml(&ok, false).is_ok());
+        for deep in [
+            format!("{}x", "- ".repeat(20_000)),
+            format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)),
+            (0..500).map(|i| format!("{}a:\n", " ".repeat(i))).collect(),
+        ] {
+            let err = load(&deep).unwrap_err();
+            assert!(
+                err.contains("nested deeper than 128 levels") || err.contains("recursion limit"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub fn config_json(config: &Config) -> Value {
 }
 
 /// Methods worth a line of their own: the configured ones, then the common unsafe ones.
-fn methods_of_interest(config: &Config) -> Vec<String> {
+pub fn methods_of_interest(config: &Config) -> Vec<String> {
     let mut methods: Vec<String> = config.retry.idempotent_methods.clone();
     let extra = config
         .idempotency

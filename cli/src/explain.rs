@@ -88,7 +88,25 @@ pub fn effective(
     route: Option<&str>,
 ) -> Result<Effective, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: cannot read: {e}"))?;
-    let docs = discover::load(&text).map_err(|e| format!("{file}: cannot parse: {e}"))?;
+    let override_json = match override_json.map(|json| (json, json.strip_prefix('@'))) {
+        Some((_, Some(path))) => {
+            Some(std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?)
+        }
+        Some((json, None)) => Some(json.to_string()),
+        None => None,
+    };
+    effective_text(file, &text, override_json.as_deref(), route)
+}
+
+/// [`effective`] on the contents of a file named `file` (the name is only used in messages), with
+/// the route override, if any, given as JSON text.
+pub fn effective_text(
+    file: &str,
+    text: &str,
+    override_json: Option<&str>,
+    route: Option<&str>,
+) -> Result<Effective, String> {
+    let docs = discover::load(text).map_err(|e| format!("{file}: cannot parse: {e}"))?;
     let mut configs = Vec::new();
     let mut routes: Vec<FoundRoute> = Vec::new();
     for doc in &docs {
@@ -123,11 +141,7 @@ pub fn effective(
     let override_value: Option<Value> = match (override_json, route) {
         (Some(_), Some(_)) => return Err("give --route-override or --route, not both".to_string()),
         (Some(json), None) => {
-            let text = match json.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?,
-                None => json.to_string(),
-            };
-            let value = serde_json::from_str(&text)
+            let value = serde_json::from_str(json)
                 .map_err(|e| format!("--route-override: not JSON ({e})"))?;
             source.push_str(&format!(", with the route override {value}"));
             Some(value)

@@ -21,6 +21,68 @@ pub struct Report {
     pub out: String,
     /// What goes to stderr (errors, warnings, hints).
     pub err: String,
+    /// The same errors, warnings and hints as data (the playground shows these).
+    pub findings: Vec<Finding>,
+    /// Every plugin configuration found, and what the filter makes of it.
+    pub configs: Vec<ConfigReport>,
+    /// Every route with resetguard settings (an override, or the filter turned off).
+    pub routes: Vec<RouteReport>,
+    /// Wasm filters and manifests that do not load resetguard: document, path, what.
+    pub skipped: Vec<(usize, String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+    Hint,
+}
+
+/// One error, warning or hint with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// 1-based index of the YAML document in the file; 0 for the file as a whole.
+    pub document: usize,
+    pub line: Option<usize>,
+    /// Document path (`spec.pluginConfig.retry.true`; `$` is the root).
+    pub path: String,
+    pub message: String,
+}
+
+/// A plugin configuration found in the file.
+#[derive(Debug, Clone)]
+pub struct ConfigReport {
+    pub document: usize,
+    pub label: String,
+    pub path: String,
+    pub line: Option<usize>,
+    /// What the filter's parser made of it; `None` when invalid (see the findings).
+    pub config: Option<Config>,
+}
+
+/// A route with resetguard settings.
+#[derive(Debug, Clone)]
+pub struct RouteReport {
+    pub document: usize,
+    pub name: Option<String>,
+    pub path: String,
+    pub line: Option<usize>,
+    pub override_value: Option<Value>,
+    /// Envoy's per-route FilterConfig turns the resetguard filter off here.
+    pub turned_off: bool,
+    /// Per plugin configuration the override applies to (index into `configs`), what results;
+    /// an invalid override or plugin configuration gives no entry (see the findings).
+    pub effective: Vec<(usize, RouteEffect)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteEffect {
+    /// `disabled: true`: the request passes untouched.
+    Disabled,
+    /// The merged configuration equals the plugin configuration.
+    Same,
+    Config(Box<Config>),
 }
 
 /// A plugin config that parsed: its JSON value (what route overrides merge onto) and the result.
@@ -32,9 +94,12 @@ struct Checked {
 struct Ctx<'a> {
     file: &'a str,
     doc: &'a Document,
+    /// 1-based.
+    document: usize,
     errors: usize,
     out: String,
     err: String,
+    findings: Vec<Finding>,
 }
 
 impl Ctx<'_> {
@@ -49,43 +114,75 @@ impl Ctx<'_> {
         self.errors += 1;
         let place = self.place(path);
         let _ = writeln!(self.err, "error: {place}: {message}");
+        self.finding(Severity::Error, path, message);
     }
 
     fn warn(&mut self, path: &str, message: &str) {
         let place = self.place(path);
         let _ = writeln!(self.err, "warning: {place}: {message}");
+        self.finding(Severity::Warning, path, message);
+    }
+
+    fn finding(&mut self, severity: Severity, path: &str, message: &str) {
+        self.findings.push(Finding {
+            severity,
+            document: self.document,
+            line: self.doc.line_of(path),
+            path: path.to_string(),
+            message: message.to_string(),
+        });
     }
 }
 
 pub fn validate_file(file: &str) -> Report {
     let text = match std::fs::read(file) {
         Ok(bytes) => bytes,
-        Err(e) => return unusable(format!("error: {file}: cannot read: {e}")),
+        Err(e) => return unusable(file, format!("cannot read: {e}")),
     };
-    let Ok(text_str) = std::str::from_utf8(&text) else {
-        return unusable(format!("error: {file}: not UTF-8 text"));
-    };
-    validate_text(file, &text, text_str)
+    validate_bytes(file, &text)
 }
 
-fn unusable(message: String) -> Report {
-    Report {
-        status: UNUSABLE,
-        out: String::new(),
-        err: message + "\n",
+/// Checks the contents of a file named `file` (the name is only used in messages).
+pub fn validate_bytes(file: &str, bytes: &[u8]) -> Report {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return unusable(file, "not UTF-8 text".to_string());
+    };
+    validate_text(file, bytes, text)
+}
+
+fn unusable(file: &str, message: String) -> Report {
+    let mut report = Report::new(UNUSABLE);
+    let _ = writeln!(report.err, "error: {file}: {message}");
+    report.findings.push(Finding {
+        severity: Severity::Error,
+        document: 0,
+        line: None,
+        path: "$".to_string(),
+        message,
+    });
+    report
+}
+
+impl Report {
+    fn new(status: i32) -> Report {
+        Report {
+            status,
+            out: String::new(),
+            err: String::new(),
+            findings: Vec::new(),
+            configs: Vec::new(),
+            routes: Vec::new(),
+            skipped: Vec::new(),
+        }
     }
 }
 
 pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
     let docs = match discover::load(text) {
         Ok(docs) => docs,
-        Err(e) => return unusable(format!("error: {file}: cannot parse: {e}")),
+        Err(e) => return unusable(file, format!("cannot parse: {e}")),
     };
-    let mut report = Report {
-        status: OK,
-        out: String::new(),
-        err: String::new(),
-    };
+    let mut report = Report::new(OK);
     let mut configs_found = 0;
     let mut errors = 0;
     let many = docs.len() > 1;
@@ -96,9 +193,11 @@ pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
         let mut ctx = Ctx {
             file,
             doc,
+            document: index + 1,
             errors: 0,
             out: String::new(),
             err: String::new(),
+            findings: Vec::new(),
         };
         if many {
             let _ = writeln!(ctx.out, "document {}:", index + 1);
@@ -108,6 +207,7 @@ pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
         }
         for (path, what) in &found.skipped {
             let _ = writeln!(ctx.out, "skipped {what} at {}", ctx.place(path));
+            report.skipped.push((index + 1, path.clone(), what.clone()));
         }
         for path in &found.ignored_metadata {
             ctx.warn(
@@ -124,28 +224,45 @@ pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
             let _ = writeln!(ctx.out, "  nothing for resetguard in {kind}");
         }
         let mut checked: Vec<Option<Checked>> = Vec::new();
+        let first = report.configs.len();
         for config in &found.configs {
-            checked.push(check_config(&mut ctx, config));
+            let result = check_config(&mut ctx, config);
+            report.configs.push(ConfigReport {
+                document: index + 1,
+                label: config.label.clone(),
+                path: config.path.clone(),
+                line: doc.line_of(&config.path),
+                config: result.as_ref().map(|c| c.config.clone()),
+            });
+            checked.push(result);
         }
         for route in &found.routes {
-            check_route(&mut ctx, route, &found.configs, &checked);
+            let mut routed = check_route(&mut ctx, route, &found.configs, &checked);
+            for (i, _) in &mut routed.effective {
+                *i += first;
+            }
+            report.routes.push(routed);
         }
         errors += ctx.errors;
         report.out.push_str(&ctx.out);
         report.err.push_str(&ctx.err);
+        report.findings.append(&mut ctx.findings);
         founds.push(found);
     }
     for note in crate::hold::check(&docs, &founds) {
         hold_note(&mut report, file, &docs, note);
     }
     if configs_found == 0 {
-        report.status = UNUSABLE;
-        let _ = writeln!(
-            report.err,
-            "error: {file}: no resetguard configuration found (looked for a plugin JSON, an \
+        let mut none = unusable(
+            file,
+            "no resetguard configuration found (looked for a plugin JSON, an \
              envoy.filters.http.wasm filter whose root_id, name or code file names resetguard, \
              an Istio WasmPlugin or an Envoy Gateway EnvoyExtensionPolicy)"
+                .to_string(),
         );
+        report.status = UNUSABLE;
+        report.err.push_str(&none.err);
+        report.findings.append(&mut none.findings);
     } else if errors > 0 {
         report.status = INVALID;
         let _ = writeln!(report.err, "{file}: {errors} error(s)");
@@ -158,18 +275,29 @@ pub fn validate_text(file: &str, bytes: &[u8], text: &str) -> Report {
 /// A finding of the hold check (cli/src/hold.rs): a warning or hint, never an error; a hold
 /// that fits is printed with the policy.
 fn hold_note(report: &mut Report, file: &str, docs: &[Document], note: crate::hold::Note) {
+    use crate::hold::Level;
     let Some(doc) = docs.get(note.doc) else {
         return;
     };
-    let place = match doc.line_of(&note.path) {
+    let line = doc.line_of(&note.path);
+    let place = match line {
         Some(line) => format!("{file}:{line}: {}", note.path),
         None => format!("{file}: {}", note.path),
     };
     let text = format!("{}: {place}: {}\n", note.level.label(), note.message);
-    match note.level {
-        crate::hold::Level::Info => report.out.push_str(&text),
-        _ => report.err.push_str(&text),
-    }
+    let severity = match note.level {
+        Level::Info => return report.out.push_str(&text),
+        Level::Warning => Severity::Warning,
+        Level::Hint => Severity::Hint,
+    };
+    report.err.push_str(&text);
+    report.findings.push(Finding {
+        severity,
+        document: note.doc + 1,
+        line,
+        path: note.path,
+        message: note.message,
+    });
 }
 
 fn indent(lines: &[String], by: &str) -> String {
@@ -224,10 +352,11 @@ fn yaml11_hints(ctx: &mut Ctx<'_>, base: &str) {
         .collect();
     for (path, word) in hits {
         let place = ctx.place(&path);
-        let _ = writeln!(
-            ctx.err,
-            "hint: {place}: a bare `{word}` is a boolean in YAML 1.1, which Kubernetes uses; quote it: \"{word}\""
+        let message = format!(
+            "a bare `{word}` is a boolean in YAML 1.1, which Kubernetes uses; quote it: \"{word}\""
         );
+        let _ = writeln!(ctx.err, "hint: {place}: {message}");
+        ctx.finding(Severity::Hint, &path, &message);
     }
 }
 
@@ -420,7 +549,7 @@ fn check_route(
     route: &FoundRoute,
     configs: &[FoundConfig],
     checked: &[Option<Checked>],
-) {
+) -> RouteReport {
     let place = ctx.place(&route.path);
     let _ = writeln!(ctx.out, "route {} at {place}", route.label());
     let turned_off = configs_for(route, configs).into_iter().any(|(_, c)| {
@@ -428,6 +557,15 @@ fn check_route(
             .as_ref()
             .is_some_and(|name| route.disabled_filters.contains(name))
     });
+    let mut report = RouteReport {
+        document: ctx.document,
+        name: route.name.clone(),
+        path: route.path.clone(),
+        line: ctx.doc.line_of(&route.path),
+        override_value: route.override_value.clone(),
+        turned_off,
+        effective: Vec::new(),
+    };
     if turned_off {
         let _ = writeln!(
             ctx.out,
@@ -435,7 +573,7 @@ fn check_route(
         );
     }
     let Some(value) = &route.override_value else {
-        return;
+        return report;
     };
     let meta_path = child_key(
         &child_key(&child_key(&route.path, "metadata"), "filter_metadata"),
@@ -448,7 +586,7 @@ fn check_route(
                 &join(&meta_path, &e.path),
                 &format!("invalid route override: {}", e.expected),
             );
-            return;
+            return report;
         }
     };
     let _ = writeln!(ctx.out, "  override: {value}");
@@ -462,6 +600,7 @@ fn check_route(
                     ctx.out,
                     "  resetguard disabled on this route (override `disabled: true`)"
                 );
+                report.effective.push((i, RouteEffect::Disabled));
             }
             Ok(Some(config)) => {
                 if config == base.config {
@@ -469,9 +608,13 @@ fn check_route(
                         ctx.out,
                         "  effective policy: the same as the plugin configuration"
                     );
+                    report.effective.push((i, RouteEffect::Same));
                 } else {
                     let _ = writeln!(ctx.out, "  effective policy:");
                     ctx.out.push_str(&indent(&policy_lines(&config), "    "));
+                    report
+                        .effective
+                        .push((i, RouteEffect::Config(Box::new(config))));
                 }
             }
             Err(e) => ctx.error(
@@ -483,6 +626,7 @@ fn check_route(
             ),
         }
     }
+    report
 }
 
 #[cfg(test)]
