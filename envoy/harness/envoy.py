@@ -67,6 +67,13 @@ def render_config(template: str, **values) -> str:
         # resetguard.yaml: "true" turns off the filter that holds keyed requests from the router
         # until resetguard decided (Envoy(hold_keyed_requests=False)).
         "KEYED_HOLD_DISABLED": "false",
+        # resetguard-etcd.yaml: the etcd members as a YAML flow list of lb_endpoints
+        # (harness/etcd.py, Etcd.envoy_endpoints()); by default one member on etcd's usual port.
+        "ETCD_ENDPOINTS": "[{endpoint: {address: {socket_address: "
+                          "{address: 127.0.0.1, port_value: 2379}}}}]",
+        # resetguard-etcd.yaml: the etcd cluster's health_checks (harness/etcd.py,
+        # ENVOY_HEALTH_CHECKS); none by default.
+        "ETCD_HEALTH_CHECKS": "[]",
     }
     defaults.update({k: v for k, v in values.items() if v is not None})
     # The plugin JSON goes into a YAML double-quoted scalar; a JSON string literal is one.

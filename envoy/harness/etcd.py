@@ -41,6 +41,13 @@ from . import paths
 
 _PR_SET_PDEATHSIG = 1
 
+# Active health checks of the etcd members for envoy/configs/resetguard-etcd.yaml
+# (`ETCD_HEALTH_CHECKS`), a YAML flow list: etcd's /health answers 200 {"health":"true"} only with
+# a leader and a read through raft, which it waits up to 1 s for (hence the timeout), else 503.
+ENVOY_HEALTH_CHECKS = ("[{timeout: 1.5s, interval: 0.5s, no_traffic_interval: 0.5s, "
+                       "unhealthy_threshold: 1, healthy_threshold: 1, "
+                       "http_health_check: {path: /health}}]")
+
 
 class EtcdError(RuntimeError):
     pass
@@ -436,6 +443,21 @@ class Etcd:
     @property
     def endpoints(self) -> str:
         return ",".join(m.client_url for m in self.members)
+
+    def envoy_endpoints(self) -> str:
+        """Every member's client port as the `lb_endpoints` of an Envoy cluster, a YAML flow list
+        (`ETCD_ENDPOINTS` of envoy/configs/resetguard-etcd.yaml)."""
+        return "[" + ", ".join(
+            "{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %d}}}}"
+            % m.client_port for m in self.members) + "]"
+
+    def envoy_values(self, health_checks: bool = False) -> dict:
+        """The template values of envoy/configs/resetguard-etcd.yaml for this cluster (with
+        `health_checks`, ENVOY_HEALTH_CHECKS on the etcd cluster)."""
+        values = {"ETCD_ENDPOINTS": self.envoy_endpoints()}
+        if health_checks:
+            values["ETCD_HEALTH_CHECKS"] = ENVOY_HEALTH_CHECKS
+        return values
 
     def post(self, path: str, body, member: Optional[Member] = None,
              timeout: float = 15.0) -> GatewayReply:
