@@ -376,6 +376,7 @@ fn check_config(ctx: &mut Ctx<'_>, found: &FoundConfig) -> Option<Checked> {
             for warning in config.warnings() {
                 ctx.warn(&found.path, &warning);
             }
+            etcd_cluster_known(ctx, found, &config);
             let value = if raw.iter().all(u8::is_ascii_whitespace) {
                 Value::Object(Default::default())
             } else {
@@ -392,6 +393,38 @@ fn check_config(ctx: &mut Ctx<'_>, found: &FoundConfig) -> Option<Checked> {
             }
             None
         }
+    }
+}
+
+/// An etcd store's cluster must be one of the bootstrap's: the filter cannot tell an unknown
+/// cluster from one that is not usable yet (Envoy refuses callouts to both alike), so it only
+/// reports it after a while at run time; here the name is checked against the file.
+fn etcd_cluster_known(ctx: &mut Ctx<'_>, found: &FoundConfig, config: &Config) {
+    let store = &config.idempotency.store;
+    if !config.idempotency.enabled || store.backend != resetguard_core::config::Backend::Etcd {
+        return;
+    }
+    let Some(clusters) = ctx
+        .doc
+        .value
+        .pointer("/static_resources/clusters")
+        .and_then(Value::as_array)
+    else {
+        // Not a bootstrap with static clusters (xDS, Kubernetes): nothing to check it against.
+        return;
+    };
+    let known = clusters
+        .iter()
+        .any(|c| c.get("name").and_then(Value::as_str) == Some(store.cluster.as_str()));
+    if !known {
+        let message = ConfigError {
+            path: "idempotency.store.cluster".to_string(),
+            expected: format!(
+                "a cluster of this bootstrap (static_resources.clusters), got {:?}",
+                store.cluster
+            ),
+        };
+        config_error(ctx, found, &message);
     }
 }
 

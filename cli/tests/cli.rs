@@ -392,3 +392,31 @@ fn a_route_that_turns_the_filter_off_in_envoy_is_shown() {
         "{stdout}"
     );
 }
+
+#[test]
+fn an_etcd_store_cluster_must_be_one_of_the_bootstraps() {
+    // The filter cannot tell an unknown cluster from one not usable yet: validate checks the name.
+    let unknown = broken(
+        "etcd-unknown.yaml",
+        "examples/envoy/bootstrap.yaml",
+        &[(
+            r#""idempotency": {"path_prefixes": ["/payments/"]}}"#,
+            r#""idempotency": {"path_prefixes": ["/payments/"], "store": {"backend": "etcd", "cluster": "etcd-mebers"}}}"#,
+        )],
+    );
+    rejected(
+        &unknown,
+        &["invalid plugin configuration at `idempotency.store.cluster`: a cluster of this bootstrap (static_resources.clusters), got \"etcd-mebers\""],
+    );
+    let known = broken(
+        "etcd-known.yaml",
+        "examples/envoy/bootstrap.yaml",
+        &[(
+            r#""idempotency": {"path_prefixes": ["/payments/"]}}"#,
+            r#""idempotency": {"path_prefixes": ["/payments/"], "store": {"backend": "etcd", "cluster": "backend"}}}"#,
+        )],
+    );
+    let out = run(&["validate", &known]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+}

@@ -9,15 +9,21 @@ use resetguard_core::config::StoreConfig;
 use resetguard_core::etcd::gateway::{self, Failure, Request};
 use resetguard_core::etcd::leases::{LeaseKind, Leases};
 use resetguard_core::etcd::ops::{Call, SettleOp};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 /// The root context ticks this often with the etcd store: how long a finished stream's
 /// settlement may wait in the queue, and how often grants and retries are looked at.
 pub const TICK_MS: u32 = 50;
 
+/// How long after the first refusal a cluster Envoy keeps refusing callouts to is reported (a
+/// health-checked cluster becomes usable after its first check round), and how often after that.
+const CLUSTER_REPORT_MS: u64 = 10_000;
+
 pub struct Remote {
     pub config: StoreConfig,
+    /// When Envoy first refused a callout to the cluster, and when that was last reported.
+    refused_since: Cell<Option<(u64, u64)>>,
     pub leases: RefCell<Leases>,
     /// Settlements the streams handed over, sent (and retried) by the root context.
     pub settles: RefCell<VecDeque<SettleOp>>,
@@ -31,6 +37,7 @@ impl Remote {
             config,
             leases: RefCell::new(Leases::new(lock_timeout_ms, ttl_ms)),
             settles: RefCell::default(),
+            refused_since: Cell::new(None),
             lock_timeout_ms,
             metrics,
         }
@@ -38,11 +45,15 @@ impl Remote {
 
     /// Sends a gateway request from the current context (its answer comes back to it).
     pub fn send(&self, request: &Request) -> host::HostResult<u32> {
+        // A member that refuses the connection (or the stream) never got the request: Envoy's
+        // client tries another at once, as the router does for a proxied request.
         let headers = [
             (":method", "POST"),
             (":path", request.path),
             (":authority", self.config.authority.as_str()),
             ("content-type", "application/json"),
+            ("x-envoy-retry-on", "connect-failure,refused-stream"),
+            ("x-envoy-max-retries", "2"),
         ];
         let sent = host::http_call(
             &self.config.cluster,
@@ -55,6 +66,32 @@ impl Remote {
             self.count(Call::Failed(Failure::Unavailable));
         }
         sent
+    }
+
+    pub fn cluster_usable(&self) {
+        if self.refused_since.take().is_some() {
+            log::info!("resetguard: the etcd cluster {} takes callouts now", self.config.cluster);
+        }
+    }
+
+    /// Envoy refused a callout to the cluster (BAD_ARGUMENT: unknown, or not usable yet).
+    pub fn cluster_refused(&self, now_ms: u64) {
+        let (since, reported) = self.refused_since.get().unwrap_or((now_ms, now_ms));
+        if now_ms.saturating_sub(since) >= CLUSTER_REPORT_MS
+            && now_ms.saturating_sub(reported) >= CLUSTER_REPORT_MS
+        {
+            log::error!(
+                "resetguard: `idempotency.store.cluster`: Envoy has refused every callout to \
+                 cluster {:?} for {} s (no such cluster, or none of its hosts usable); keyed \
+                 requests get on_unavailable={:?}",
+                self.config.cluster,
+                now_ms.saturating_sub(since) / 1000,
+                self.config.on_unavailable,
+            );
+            self.refused_since.set(Some((since, now_ms)));
+        } else {
+            self.refused_since.set(Some((since, reported)));
+        }
     }
 
     pub fn count(&self, call: Call) {

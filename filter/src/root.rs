@@ -76,18 +76,29 @@ impl Root {
     /// their claim's in-flight lease would have run out.
     fn tend(&mut self, remote: &Remote) {
         let now = now_ms();
+        self.grant_due(remote, now);
+        let queued: Vec<SettleOp> = remote.settles.borrow_mut().drain(..).collect();
+        for op in queued {
+            self.settle(remote, op, now);
+        }
+    }
+
+    /// Sends the lease grants that are due; reports a cluster Envoy keeps refusing.
+    fn grant_due(&mut self, remote: &Remote, now: u64) {
         let grants = remote.leases.borrow_mut().due(now);
         for (kind, request) in grants {
             match remote.send(&request) {
                 Ok(token) => {
                     self.calls.push((token, RootCall::Grant(kind)));
+                    remote.cluster_usable();
                 }
-                Err(_) => remote.leases.borrow_mut().on_grant_failed(kind),
+                Err(e) => {
+                    remote.leases.borrow_mut().on_grant_failed(kind);
+                    if e == HostError::BAD_ARGUMENT {
+                        remote.cluster_refused(now);
+                    }
+                }
             }
-        }
-        let queued: Vec<SettleOp> = remote.settles.borrow_mut().drain(..).collect();
-        for op in queued {
-            self.settle(remote, op, now);
         }
     }
 
@@ -202,15 +213,18 @@ impl RootContext for Root {
         // `/logging`) without a per-request host call. Without ticks the level read here stays
         // and every count goes to the host at once.
         let ticking = host::set_tick_period_ms(FLUSH_PERIOD_MS).is_ok();
-        let metrics = self.metrics.get_or_insert_with(|| {
-            let (metrics, refused) = Metrics::define(ticking);
-            if refused > 0 {
-                log::info!(
-                    "resetguard: the host refused {refused} metric definitions; counting is off"
-                );
-            }
-            metrics
-        });
+        let metrics = &self
+            .metrics
+            .get_or_insert_with(|| {
+                let (metrics, refused) = Metrics::define(ticking);
+                if refused > 0 {
+                    log::info!(
+                        "resetguard: the host refused {refused} metric definitions; counting is off"
+                    );
+                }
+                metrics
+            })
+            .clone();
         let raw = match host::buffer(
             BufferType::PluginConfiguration,
             0,
@@ -271,31 +285,11 @@ impl RootContext for Root {
         if let Some(remote) = &remote {
             // The tick also sends the settlements of finished streams: more often.
             let _ = host::set_tick_period_ms(remote_store::TICK_MS);
-            // The first leases, and the check that the cluster exists: Envoy refuses a callout
-            // to an unknown cluster at once.
-            let now = now_ms();
-            let grants = remote.leases.borrow_mut().due(now);
-            for (kind, request) in grants {
-                match remote.send(&request) {
-                    Ok(token) => {
-                        self.calls.push((token, RootCall::Grant(kind)));
-                    }
-                    Err(e) if e == HostError::BAD_ARGUMENT => {
-                        log::error!(
-                            "resetguard: invalid plugin configuration at \
-                             `idempotency.store.cluster`: an Envoy cluster of the etcd members, \
-                             got {:?} (the proxy has no such cluster)",
-                            remote.config.cluster
-                        );
-                        rejected(metrics);
-                        return false;
-                    }
-                    Err(e) => {
-                        remote.leases.borrow_mut().on_grant_failed(kind);
-                        log::info!("resetguard: etcd lease grant not sent ({e}); retried on tick");
-                    }
-                }
-            }
+            // The first leases. A cluster Envoy cannot use yet (health-checked, still warming, or
+            // a config check without a running proxy) refuses a callout just like an unknown one:
+            // grants are asked again on every tick, and a cluster still refused after a while is
+            // reported (`resetguard validate` checks the name against the bootstrap's clusters).
+            self.grant_due(remote, now_ms());
             log::info!(
                 "resetguard: idempotency store: etcd through cluster {} (prefix {}, timeout \
                  {}ms, on_unavailable={:?})",

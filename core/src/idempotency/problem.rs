@@ -9,6 +9,8 @@ pub enum Problem {
     PayloadMismatch,
     StoreFull,
     StoreBusy,
+    /// The store could not be asked (etcd down, slow or answering garbage; shared data failing).
+    StoreUnavailable,
     BodyTooLarge,
     /// The key completed but its response could not be kept (too large, trailers, lost in a race).
     ResponseNotReplayable,
@@ -21,13 +23,14 @@ pub enum Problem {
 }
 
 impl Problem {
-    pub const ALL: [Problem; 11] = [
+    pub const ALL: [Problem; 12] = [
         Problem::KeyMissing,
         Problem::KeyMalformed,
         Problem::InFlight,
         Problem::PayloadMismatch,
         Problem::StoreFull,
         Problem::StoreBusy,
+        Problem::StoreUnavailable,
         Problem::BodyTooLarge,
         Problem::ResponseNotReplayable,
         Problem::ResponseCutOff,
@@ -43,6 +46,7 @@ impl Problem {
             Problem::PayloadMismatch => "urn:resetguard:problem:idempotency-key-payload-mismatch",
             Problem::StoreFull => "urn:resetguard:problem:idempotency-store-full",
             Problem::StoreBusy => "urn:resetguard:problem:idempotency-store-busy",
+            Problem::StoreUnavailable => "urn:resetguard:problem:idempotency-store-unavailable",
             Problem::BodyTooLarge => "urn:resetguard:problem:idempotency-body-too-large",
             Problem::ResponseNotReplayable => {
                 "urn:resetguard:problem:idempotency-response-not-replayable"
@@ -63,7 +67,7 @@ impl Problem {
             | Problem::ClientLeft => 409,
             Problem::PayloadMismatch => 422,
             Problem::BodyTooLarge => 413,
-            Problem::StoreFull | Problem::StoreBusy => 503,
+            Problem::StoreFull | Problem::StoreBusy | Problem::StoreUnavailable => 503,
         }
     }
 
@@ -75,6 +79,7 @@ impl Problem {
             Problem::PayloadMismatch => "Idempotency-Key reused with a different payload",
             Problem::StoreFull => "Idempotency store is full",
             Problem::StoreBusy => "Idempotency store is busy",
+            Problem::StoreUnavailable => "Idempotency store is unavailable",
             Problem::BodyTooLarge => "Request body too large for an idempotent request",
             Problem::ResponseNotReplayable => {
                 "The response for this Idempotency-Key cannot be replayed"
@@ -100,6 +105,7 @@ impl Problem {
             Problem::PayloadMismatch => "resetguard_idempotency_payload_mismatch",
             Problem::StoreFull => "resetguard_idempotency_store_full",
             Problem::StoreBusy => "resetguard_idempotency_store_busy",
+            Problem::StoreUnavailable => "resetguard_idempotency_store_unavailable",
             Problem::BodyTooLarge => "resetguard_idempotency_body_too_large",
             Problem::ResponseNotReplayable => "resetguard_idempotency_not_replayable",
             Problem::ResponseCutOff => "resetguard_idempotency_response_cut_off",

@@ -119,7 +119,7 @@ impl Rules {
         let reject = || {
             self.enforce(
                 reject(
-                    Problem::StoreBusy,
+                    Problem::StoreUnavailable,
                     "the idempotency store is unavailable; retry later".to_string(),
                     Some(1),
                 ),
@@ -128,7 +128,7 @@ impl Rules {
         };
         match self.on_unavailable {
             None => self.store_cannot_claim(
-                Problem::StoreBusy,
+                Problem::StoreUnavailable,
                 "the idempotency store is unavailable; retry later",
                 1,
                 Counter::IdemStoreErrors,

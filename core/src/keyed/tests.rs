@@ -261,7 +261,7 @@ fn a_body_over_the_limit_or_unreadable_is_answered_not_claimed() {
     let step = s.on_request_body(&idem, 5, true, |_| {
         Err(StoreError::Unavailable("NOT_FOUND"))
     });
-    assert_eq!(problem(&step), Some((Problem::StoreBusy, Some(1))));
+    assert_eq!(problem(&step), Some((Problem::StoreUnavailable, Some(1))));
     assert_eq!(counts(&step), [Counter::IdemStoreErrors]);
     assert!(step.store_call().is_none());
 }
@@ -310,7 +310,7 @@ fn each_claim_answer_becomes_its_reply() {
         ),
         (
             Err(StoreError::Unavailable("UNIMPLEMENTED")),
-            Some((Problem::StoreBusy, Some(1))),
+            Some((Problem::StoreUnavailable, Some(1))),
             Counter::IdemStoreErrors,
         ),
         (
@@ -421,7 +421,7 @@ fn a_seed_the_store_cannot_give_is_a_store_error() {
         true,
     );
     assert!(s.is_none());
-    assert_eq!(problem(&step), Some((Problem::StoreBusy, Some(1))));
+    assert_eq!(problem(&step), Some((Problem::StoreUnavailable, Some(1))));
 }
 
 #[test]

@@ -161,7 +161,7 @@ fn with_etcd_unavailable_each_on_unavailable_choice_answers_as_documented() {
             "{choice}: {x:?}"
         );
         if choice == "reject" {
-            assert!(problem_type(&x).ends_with("store-busy"), "{choice}: {x:?}");
+            assert!(problem_type(&x).ends_with("store-unavailable"), "{choice}: {x:?}");
             assert_eq!(x.header_str("retry-after").as_deref(), Some("1"));
         }
         if choice == "local" {
@@ -248,19 +248,31 @@ fn a_settlement_etcd_cannot_take_now_is_retried_until_it_lands() {
 }
 
 #[test]
-fn an_unknown_etcd_cluster_refuses_the_configuration_with_its_field() {
-    let host = Host::builder()
+fn a_cluster_envoy_refuses_is_reported_and_keyed_requests_get_on_unavailable() {
+    // Envoy refuses callouts to an unknown cluster and to one not usable yet (health-checked,
+    // warming) alike: the configuration is kept, grants are asked again on every tick, and a
+    // cluster still refused after 10 s is reported with its field (`resetguard validate` checks
+    // the name against the bootstrap).
+    let mut host = Host::builder()
         .config(r#"{"idempotency": {"store": {"backend": "etcd", "cluster": "nowhere"}}}"#)
         .start()
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!host.configured());
-    let errors = host.logs_at(host_tests::LogLevel::Error);
-    assert!(
-        errors
-            .iter()
-            .any(|l| l.contains("`idempotency.store.cluster`") && l.contains("nowhere")),
-        "{errors:?}"
-    );
+    assert!(host.configured());
+    let x = host.exchange(post("k-nowhere", "{\"n\":1}", "alice"));
+    assert_eq!((x.status, x.upstream_attempts()), (Some(503), 0), "{x:?}");
+    assert!(problem_type(&x).ends_with("store-unavailable"), "{x:?}");
+    assert!(host_errors_naming(&host, "nowhere").is_empty(), "not reported before 10 s");
+    host.advance(10_500).unwrap();
+    let errors = host_errors_naming(&host, "nowhere");
+    assert_eq!(errors.len(), 1, "{:?}", host.logs());
+    assert!(errors[0].contains("`idempotency.store.cluster`"));
+}
+
+fn host_errors_naming(host: &Host, needle: &str) -> Vec<String> {
+    host.logs_at(host_tests::LogLevel::Error)
+        .into_iter()
+        .filter(|l| l.contains(needle))
+        .collect()
 }
 
 /// The gateway-answer driver: seeded random faults on every kind of etcd call while keyed
