@@ -70,7 +70,10 @@ impl Remote {
 
     pub fn cluster_usable(&self) {
         if self.refused_since.take().is_some() {
-            log::info!("resetguard: the etcd cluster {} takes callouts now", self.config.cluster);
+            log::info!(
+                "resetguard: the etcd cluster {} takes callouts now",
+                self.config.cluster
+            );
         }
     }
 

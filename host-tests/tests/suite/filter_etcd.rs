@@ -161,7 +161,10 @@ fn with_etcd_unavailable_each_on_unavailable_choice_answers_as_documented() {
             "{choice}: {x:?}"
         );
         if choice == "reject" {
-            assert!(problem_type(&x).ends_with("store-unavailable"), "{choice}: {x:?}");
+            assert!(
+                problem_type(&x).ends_with("store-unavailable"),
+                "{choice}: {x:?}"
+            );
             assert_eq!(x.header_str("retry-after").as_deref(), Some("1"));
         }
         if choice == "local" {
@@ -261,7 +264,10 @@ fn a_cluster_envoy_refuses_is_reported_and_keyed_requests_get_on_unavailable() {
     let x = host.exchange(post("k-nowhere", "{\"n\":1}", "alice"));
     assert_eq!((x.status, x.upstream_attempts()), (Some(503), 0), "{x:?}");
     assert!(problem_type(&x).ends_with("store-unavailable"), "{x:?}");
-    assert!(host_errors_naming(&host, "nowhere").is_empty(), "not reported before 10 s");
+    assert!(
+        host_errors_naming(&host, "nowhere").is_empty(),
+        "not reported before 10 s"
+    );
     host.advance(10_500).unwrap();
     let errors = host_errors_naming(&host, "nowhere");
     assert_eq!(errors.len(), 1, "{:?}", host.logs());
