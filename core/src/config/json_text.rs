@@ -12,7 +12,7 @@ pub fn parse_strict(raw: &[u8]) -> Result<Value, ConfigError> {
     let duplicate = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(raw);
     let parsed = Strict {
-        path: "$".to_string(),
+        path: Path::Root,
         duplicate: &duplicate,
     }
     .deserialize(&mut de)
@@ -30,7 +30,7 @@ pub fn parse_value(raw: &[u8]) -> Option<Value> {
     let duplicate = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(raw);
     let value = Strict {
-        path: String::new(),
+        path: Path::Root,
         duplicate: &duplicate,
     }
     .deserialize(&mut de)
@@ -38,13 +38,34 @@ pub fn parse_value(raw: &[u8]) -> Option<Value> {
     de.end().ok().map(|()| value)
 }
 
+/// Where a value sits, borrowed from its parents' frames: rendered only when a duplicate is
+/// named, so a parse without one formats no path at all.
+#[derive(Clone, Copy)]
+enum Path<'p> {
+    Root,
+    Key(&'p Path<'p>, &'p str),
+    Index(&'p Path<'p>, usize),
+}
+
+impl Path<'_> {
+    /// The reader's notation: `$` for the root, `retry.max_retries`, `a[1].b`.
+    fn render(&self) -> String {
+        match self {
+            Path::Root => "$".to_string(),
+            Path::Key(Path::Root, key) => key.to_string(),
+            Path::Key(parent, key) => child_path(&parent.render(), key),
+            Path::Index(parent, i) => format!("{}[{i}]", parent.render()),
+        }
+    }
+}
+
 /// Builds a `Value` like serde_json's own, carrying the path so a duplicate can be named.
-struct Strict<'d> {
-    path: String,
+struct Strict<'p, 'd> {
+    path: Path<'p>,
     duplicate: &'d RefCell<Option<String>>,
 }
 
-impl<'de> DeserializeSeed<'de> for Strict<'_> {
+impl<'de> DeserializeSeed<'de> for Strict<'_, '_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
@@ -52,7 +73,7 @@ impl<'de> DeserializeSeed<'de> for Strict<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Strict<'_> {
+impl<'de> Visitor<'de> for Strict<'_, '_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -91,7 +112,7 @@ impl<'de> Visitor<'de> for Strict<'_> {
         let mut items = Vec::new();
         loop {
             let item = Strict {
-                path: format!("{}[{}]", self.path, items.len()),
+                path: Path::Index(&self.path, items.len()),
                 duplicate: self.duplicate,
             };
             match seq.next_element_seed(item)? {
@@ -104,13 +125,12 @@ impl<'de> Visitor<'de> for Strict<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = child_path(&self.path, &key);
             if object.contains_key(&key) {
-                *self.duplicate.borrow_mut() = Some(path);
+                *self.duplicate.borrow_mut() = Some(Path::Key(&self.path, &key).render());
                 return Err(de::Error::custom("a key given twice"));
             }
             let value = map.next_value_seed(Strict {
-                path,
+                path: Path::Key(&self.path, &key),
                 duplicate: self.duplicate,
             })?;
             object.insert(key, value);

@@ -7,7 +7,7 @@
 use crate::config::json_text::parse_value;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub const TXN: &str = "/v3/kv/txn";
 pub const RANGE: &str = "/v3/kv/range";
@@ -77,64 +77,67 @@ fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
+/// A JSON string literal. The bodies are written as text, not built as `Value`s: base64 and
+/// decimal digits never need escaping, yet a lease ID is escaped all the same.
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn put(k: &str, value: &[u8], lease: &str) -> String {
+    format!(
+        r#"{{"request_put":{{"key":"{k}","value":"{}","lease":{}}}}}"#,
+        b64(value),
+        quoted(lease)
+    )
+}
+
 /// Create-if-absent: put `value` on `lease` unless the key exists; else read it.
 pub fn claim(key: &str, value: &[u8], lease: &str) -> Request {
     let k = b64(key.as_bytes());
-    txn(
-        json!([{"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}]),
-        json!([{"request_put": {"key": k, "value": b64(value), "lease": lease}}]),
-        &k,
-    )
+    let compare =
+        format!(r#"{{"key":"{k}","result":"EQUAL","target":"CREATE","create_revision":"0"}}"#);
+    txn(&compare, &put(&k, value, lease), &k)
 }
 
 /// Replace the claim written at `revision` with `value` on `lease`; else read the key.
 pub fn complete(key: &str, revision: u64, value: &[u8], lease: &str) -> Request {
     let k = b64(key.as_bytes());
-    txn(
-        compare_mod(&k, revision),
-        json!([{"request_put": {"key": k, "value": b64(value), "lease": lease}}]),
-        &k,
-    )
+    txn(&compare_mod(&k, revision), &put(&k, value, lease), &k)
 }
 
 /// Delete the claim written at `revision`; else read the key.
 pub fn release(key: &str, revision: u64) -> Request {
     let k = b64(key.as_bytes());
-    txn(
-        compare_mod(&k, revision),
-        json!([{"request_delete_range": {"key": k}}]),
-        &k,
-    )
+    let delete = format!(r#"{{"request_delete_range":{{"key":"{k}"}}}}"#);
+    txn(&compare_mod(&k, revision), &delete, &k)
 }
 
 /// A linearizable read of one key.
 pub fn read(key: &str) -> Request {
     Request {
         path: RANGE,
-        body: json!({"key": b64(key.as_bytes())}).to_string(),
+        body: format!(r#"{{"key":"{}"}}"#, b64(key.as_bytes())),
     }
 }
 
 pub fn grant(ttl_s: u64) -> Request {
     Request {
         path: GRANT,
-        body: json!({"TTL": ttl_s.to_string()}).to_string(),
+        body: format!(r#"{{"TTL":"{ttl_s}"}}"#),
     }
 }
 
-fn compare_mod(k: &str, revision: u64) -> Value {
-    json!([{"key": k, "result": "EQUAL", "target": "MOD", "mod_revision": revision.to_string()}])
+fn compare_mod(k: &str, revision: u64) -> String {
+    format!(r#"{{"key":"{k}","result":"EQUAL","target":"MOD","mod_revision":"{revision}"}}"#)
 }
 
-fn txn(compare: Value, success: Value, k: &str) -> Request {
+/// One compare, one operation on success, a read of the key on failure.
+fn txn(compare: &str, success: &str, k: &str) -> Request {
     Request {
         path: TXN,
-        body: json!({
-            "compare": compare,
-            "success": success,
-            "failure": [{"request_range": {"key": k}}],
-        })
-        .to_string(),
+        body: format!(
+            r#"{{"compare":[{compare}],"success":[{success}],"failure":[{{"request_range":{{"key":"{k}"}}}}]}}"#
+        ),
     }
 }
 
@@ -244,6 +247,7 @@ pub fn parse_grant(status: u16, body: &[u8]) -> Result<(String, u64), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn body(v: Value) -> Vec<u8> {
         v.to_string().into_bytes()
@@ -274,6 +278,47 @@ mod tests {
             serde_json::from_str::<Value>(&grant(33).body).unwrap()["TTL"],
             "33"
         );
+    }
+
+    #[test]
+    fn every_request_body_is_the_gateway_json_it_stands_for() {
+        let (k, v) = (B64.encode("/rg/k/abc"), B64.encode(b"\x00v"));
+        let put = json!([{"request_put": {"key": k, "value": v, "lease": "7587"}}]);
+        let read_back = json!([{"request_range": {"key": k}}]);
+        let by_mod = json!([{"key": k, "result": "EQUAL", "target": "MOD", "mod_revision": "12"}]);
+        let cases = [
+            (
+                claim("/rg/k/abc", b"\x00v", "7587"),
+                json!({
+                "compare": [{"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+                "success": put, "failure": read_back}),
+            ),
+            (
+                complete("/rg/k/abc", 12, b"\x00v", "7587"),
+                json!({
+                "compare": by_mod, "success": put, "failure": read_back}),
+            ),
+            (
+                release("/rg/k/abc", 12),
+                json!({
+                "compare": by_mod, "success": [{"request_delete_range": {"key": k}}],
+                "failure": read_back}),
+            ),
+            (read("/rg/k/abc"), json!({"key": k})),
+            (grant(33), json!({"TTL": "33"})),
+            // A lease ID is only ever digits from etcd; anything else is still escaped.
+            (
+                claim("k", b"", "7\"5"),
+                json!({
+                "compare": [{"key": "aw==", "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+                "success": [{"request_put": {"key": "aw==", "value": "", "lease": "7\"5"}}],
+                "failure": [{"request_range": {"key": "aw=="}}]}),
+            ),
+        ];
+        for (request, expected) in cases {
+            let sent: Value = serde_json::from_str(&request.body).unwrap();
+            assert_eq!(sent, expected, "{}", request.body);
+        }
     }
 
     #[test]
