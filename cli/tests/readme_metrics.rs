@@ -2,7 +2,7 @@
 //! operator meets: `/stats` (`wasmcustom.` + name) and Prometheus (dots become underscores; the
 //! real-Envoy suite checks that mapping against Envoy's `/stats/prometheus`).
 
-use resetguard_core::counter::Counter;
+use resetguard_core::counter::{Counter, STORE_ROUND_TRIP_MS};
 
 fn metrics_section() -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
@@ -36,9 +36,21 @@ fn every_counter_has_a_row_in_the_readme_metrics_reference() {
 }
 
 #[test]
+fn the_store_histogram_has_a_row_with_its_prometheus_series() {
+    let section = metrics_section();
+    let prometheus = STORE_ROUND_TRIP_MS.replace('.', "_");
+    let row = format!("| `{STORE_ROUND_TRIP_MS}` | `{prometheus}_bucket`, `_sum`, `_count` | ");
+    assert!(
+        section.lines().any(|l| l.starts_with(&row)),
+        "README `## Metrics` has no row starting {row:?}"
+    );
+}
+
+#[test]
 fn the_readme_lists_no_counter_the_filter_does_not_define() {
     let section = metrics_section();
-    let defined: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+    let mut defined: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+    defined.push(STORE_ROUND_TRIP_MS);
     for line in section.lines().filter(|l| l.starts_with("| `resetguard.")) {
         let name = line
             .trim_start_matches("| `")

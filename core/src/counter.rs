@@ -1,6 +1,10 @@
 //! The filter's counters: one name per thing it counts. The glue defines them with the host once
 //! per VM; Envoy merges same-named metrics of all workers.
 
+/// The filter's one histogram: each etcd gateway call's round trip in whole milliseconds (claims,
+/// read-backs, settlements, lease grants), defined only with the etcd store.
+pub const STORE_ROUND_TRIP_MS: &str = "resetguard.store.round_trip_ms";
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Counter {
     RequestsIdempotent,

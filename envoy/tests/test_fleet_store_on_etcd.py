@@ -692,10 +692,40 @@ def test_added_latency_of_a_keyed_post_etcd_against_the_local_store(fleet):
                 rows["keyed POST, etcd store (first execution)"]["p99_ms"]
                 - rows["keyed POST, local store (first execution)"]["p99_ms"], 2),
         }
+        # The filter's own histogram of etcd round trips (claims and completions of proxy a),
+        # once Envoy's stats flush (5 s by default) merged it.
+        round_trips = store_round_trips(fleet.a, at_least=2 * LATENCY_SAMPLE)
+        first_etcd = rows["keyed POST, etcd store (first execution)"]
+        assert round_trips["count"] >= 2 * LATENCY_SAMPLE, round_trips
+        # A round trip is part of a request: the bucket holding its median is no later than the
+        # requests' p99 (the buckets are Envoy's: 0.5, 1, 5, 10, 25, 50 ms, ...).
+        assert round_trips["p50_at_most_ms"] <= max(first_etcd["p99_ms"], 5), (round_trips,
+                                                                               first_etcd)
         fig("latency_etcd_vs_local", {"sequential_sample": LATENCY_SAMPLE, "rows": rows,
-                                      "etcd_added": added, "etcd_members": 3})
+                                      "etcd_added": added, "etcd_members": 3,
+                                      "store_round_trip_histogram": round_trips})
     finally:
         local.stop()
+
+
+def store_round_trips(e: Envoy, at_least: int, wait_s: float = 8.0) -> dict:
+    """`resetguard.store.round_trip_ms` as Prometheus exports it: count, mean, cumulative
+    buckets (ms). Waits for Envoy's stats flush to merge the workers' histograms."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = e.prometheus()
+        count = re.search(r"^resetguard_store_round_trip_ms_count\{\} (\d+)$", text, re.M)
+        total = re.search(r"^resetguard_store_round_trip_ms_sum\{\} ([\d.e+]+)$", text, re.M)
+        if (count and int(count.group(1)) >= at_least) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert count and total, "no resetguard_store_round_trip_ms in /stats?format=prometheus"
+    buckets = sorted((float(le), int(c)) for le, c in re.findall(
+        r'^resetguard_store_round_trip_ms_bucket\{le="([^"+]+)"\} (\d+)$', text, re.M))
+    n = int(count.group(1))
+    return {"count": n, "mean_ms": round(float(total.group(1)) / max(n, 1), 2),
+            "p50_at_most_ms": next((le for le, c in buckets if c * 2 >= n), float("inf")),
+            "cumulative_by_le_ms": {le: c for le, c in buckets if le <= 100}}
 
 
 # -- what etcd holds ----------------------------------------------------------------------------

@@ -176,6 +176,7 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
 }
@@ -328,8 +329,9 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> HostResult<()> {
 
 /// `send_local_response`'s gRPC status argument for a plain HTTP answer.
 const NO_GRPC_STATUS: i32 = -1;
-/// `define_metric`'s type of a counter (gauges are 1, histograms 2).
+/// `define_metric`'s types of a counter and a histogram (gauges are 1).
 const METRIC_COUNTER: u32 = 0;
+const METRIC_HISTOGRAM: u32 = 2;
 
 pub fn send_local_response(
     status_code: u32,
@@ -359,10 +361,25 @@ pub fn send_local_response(
 
 /// Defines a counter and returns its id.
 pub fn define_counter(name: &str) -> HostResult<u32> {
+    define_metric(METRIC_COUNTER, name)
+}
+
+/// Defines a histogram and returns its id.
+pub fn define_histogram(name: &str) -> HostResult<u32> {
+    define_metric(METRIC_HISTOGRAM, name)
+}
+
+fn define_metric(kind: u32, name: &str) -> HostResult<u32> {
     let mut id = 0u32;
     // SAFETY: the name is live for the call; the id is a live local.
-    status(unsafe { proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id) })?;
+    status(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
+}
+
+/// Records one value in a histogram.
+pub fn record_metric(id: u32, value: u64) -> HostResult<()> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_record_metric(id, value) })
 }
 
 pub fn increment_metric(id: u32, offset: i64) -> HostResult<()> {

@@ -250,6 +250,7 @@ pub fn on_http_call_response(keyed: &mut Keyed, shared: &Shared, token: u32, bod
     let Some(mut pending) = keyed.pending.take_if(|p| p.token == token) else {
         return;
     };
+    remote.answered(token);
     let (status, body) = host::http_call_response(body_size);
     let (call, progress) = pending.op.on_answer(status, &body);
     remote.count(call);

@@ -6,6 +6,7 @@
 use crate::host;
 use crate::metrics::{Counter, Metrics};
 use resetguard_core::config::StoreConfig;
+use resetguard_core::counter::STORE_ROUND_TRIP_MS;
 use resetguard_core::etcd::gateway::{self, Failure, Request};
 use resetguard_core::etcd::leases::{LeaseKind, Leases};
 use resetguard_core::etcd::ops::{Call, SettleOp};
@@ -15,6 +16,10 @@ use std::collections::VecDeque;
 /// The root context ticks this often with the etcd store: how long a finished stream's
 /// settlement may wait in the queue, and how often grants and retries are looked at.
 pub const TICK_MS: u32 = 50;
+
+/// A call not answered this long after its timeout never will be (its stream ended, and Envoy
+/// cancelled it): its send time is forgotten.
+const FORGET_AFTER_MS: u64 = 5_000;
 
 /// How long after the first refusal a cluster Envoy keeps refusing callouts to is reported (a
 /// health-checked cluster becomes usable after its first check round), and how often after that.
@@ -29,6 +34,10 @@ pub struct Remote {
     pub settles: RefCell<VecDeque<SettleOp>>,
     pub lock_timeout_ms: u64,
     metrics: Metrics,
+    /// The round-trip histogram (`None` on a host without histograms).
+    round_trip: Option<u32>,
+    /// Calls waiting for their answer: token and send time (ns).
+    sent_at: RefCell<Vec<(u32, u64)>>,
 }
 
 impl Remote {
@@ -40,6 +49,8 @@ impl Remote {
             refused_since: Cell::new(None),
             lock_timeout_ms,
             metrics,
+            round_trip: host::define_histogram(STORE_ROUND_TRIP_MS).ok(),
+            sent_at: RefCell::default(),
         }
     }
 
@@ -61,11 +72,40 @@ impl Remote {
             request.body.as_bytes(),
             self.config.timeout_ms,
         );
-        if sent.is_err() {
+        match sent {
+            Ok(token) => self.note_sent(token),
             // Not even sent: as if etcd were unreachable.
-            self.count(Call::Failed(Failure::Unavailable));
+            Err(_) => self.count(Call::Failed(Failure::Unavailable)),
         }
         sent
+    }
+
+    fn note_sent(&self, token: u32) {
+        let (Some(_), Ok(now), Ok(mut sent_at)) = (
+            self.round_trip,
+            host::now_nanos(),
+            self.sent_at.try_borrow_mut(),
+        ) else {
+            return;
+        };
+        let forget_ns = (self.config.timeout_ms + FORGET_AFTER_MS) * 1_000_000;
+        sent_at.retain(|&(_, at)| now.saturating_sub(at) < forget_ns);
+        sent_at.push((token, now));
+    }
+
+    /// A call's answer came back: its round trip goes to the histogram.
+    pub fn answered(&self, token: u32) {
+        let (Some(id), Ok(mut sent_at)) = (self.round_trip, self.sent_at.try_borrow_mut()) else {
+            return;
+        };
+        let Some(at) = sent_at.iter().position(|&(t, _)| t == token) else {
+            return;
+        };
+        let (_, sent_ns) = sent_at.swap_remove(at);
+        if let Ok(now) = host::now_nanos() {
+            // Whole milliseconds, as Envoy's own request-time histograms.
+            let _ = host::record_metric(id, now.saturating_sub(sent_ns) / 1_000_000);
+        }
     }
 
     pub fn cluster_usable(&self) {

@@ -170,6 +170,7 @@ impl Context for Root {
         ) else {
             return;
         };
+        remote.answered(token_id);
         let (status, body) = host::http_call_response(body_size);
         let now = now_ms();
         match call {

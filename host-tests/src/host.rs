@@ -172,6 +172,15 @@ impl Host {
         self.shared().metrics.get(name).map(|m| m.value)
     }
 
+    /// A histogram's recorded values (histograms are not batched: no tick needed).
+    pub fn histogram(&self, name: &str) -> Vec<i64> {
+        self.shared()
+            .metrics
+            .get(name)
+            .map(|m| m.samples.clone())
+            .unwrap_or_default()
+    }
+
     /// Every metric, after each worker's tick (see `metric`).
     pub fn metrics(&mut self) -> BTreeMap<String, i64> {
         self.flush_ticks();

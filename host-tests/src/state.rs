@@ -23,6 +23,8 @@ pub struct LogLine {
 pub struct Metric {
     pub kind: i32,
     pub value: i64,
+    /// A histogram's recorded values, in order.
+    pub samples: Vec<i64>,
 }
 
 /// State shared by every VM (worker) of one host, like Envoy's process-wide stores.

@@ -178,7 +178,11 @@ fn define_metric(mut c: C, kind: i32, np: i32, nl: i32, ip: i32) -> i32 {
         .shared()
         .metrics
         .entry(name.clone())
-        .or_insert(Metric { kind, value: 0 });
+        .or_insert(Metric {
+            kind,
+            value: 0,
+            samples: Vec::new(),
+        });
     let id = state.next_metric;
     state.next_metric += 1;
     state.metric_ids.insert(id, name);
@@ -221,6 +225,9 @@ fn record_metric(mut c: C, id: i32, value: i64) -> i32 {
     with_metric(&c, id, |m| {
         if m.kind == METRIC_COUNTER && value < m.value {
             return status::BAD_ARGUMENT;
+        }
+        if m.kind == METRIC_HISTOGRAM {
+            m.samples.push(value);
         }
         m.value = value;
         status::OK

@@ -4,7 +4,7 @@
 //! does: a keyed request never runs upstream twice, nothing traps, and neither the raw key nor a
 //! scope value ever reaches etcd in clear.
 
-use host_tests::etcd::{Etcd, Fault, Injection, Scope};
+use host_tests::etcd::{Etcd, EtcdConfig, Fault, Injection, Scope};
 use host_tests::{Exchange, Host, Request, UpstreamAction};
 
 fn config(on_unavailable: &str) -> String {
@@ -355,4 +355,31 @@ fn random_gateway_faults_never_trap_or_run_a_key_twice() {
         .metric("resetguard.idempotency.claimed")
         .unwrap_or(0);
     assert!(a_runs > 0, "the driver reached the store");
+}
+
+#[test]
+fn every_gateway_round_trip_is_recorded_in_the_store_histogram() {
+    let etcd = Etcd::with_config(EtcdConfig {
+        latency_ms: 4,
+        ..EtcdConfig::default()
+    });
+    let mut a = proxy(&etcd, "proxy-a", "reject");
+    let first = a.exchange(post("k-timed", "{\"n\":1}", "alice"));
+    assert_eq!(first.status, Some(201), "{first:?}");
+    settle(&mut [&mut a]);
+    let replay = a.exchange(post("k-timed", "{\"n\":1}", "alice"));
+    assert_eq!(replay.status, Some(201), "{replay:?}");
+    // Grants, claim, completion, the replay's claim: one sample each, the model's latency.
+    let calls = etcd.requests().len();
+    let samples = a.histogram("resetguard.store.round_trip_ms");
+    assert!(calls >= 4, "{calls}");
+    assert_eq!(samples.len(), calls, "{samples:?}");
+    assert!(samples.iter().all(|&ms| ms == 4), "{samples:?}");
+    // A claim etcd does not answer in time: Envoy's 504 at `timeout_ms`, recorded as such (the
+    // read-back that follows finds no claim, and the request runs).
+    etcd.fail_next(1, Fault::QuorumLost);
+    let slow = a.exchange(post("k-slow", "{\"n\":1}", "alice"));
+    assert_eq!(slow.upstream_attempts(), 1, "{slow:?}");
+    let samples = a.histogram("resetguard.store.round_trip_ms");
+    assert!(samples.contains(&300), "{samples:?}");
 }
