@@ -1,5 +1,5 @@
 """The benchmark command still works end to end: `bench/bench.py --quick` (about 40 s) measures
-every variant (A, A_r, B, B_r, C, D and, with etcd installed, E; the 2 ms upstream; the probe
+every variant (A, A_r, B, B_r, B_h, C, D and, with etcd installed, E; the 2 ms upstream; the probe
 filters), and its retry-effect run shows what the filter is for. The full benchmark is
 `scripts/bench`, not part of the suite."""
 
@@ -17,7 +17,7 @@ from harness import paths
 from harness.etcd import etcd_binary
 
 BENCH = paths.ROOT / "bench" / "bench.py"
-VARIANTS = ["A GET", "A_r GET", "B GET", "B_r GET", "C GET",
+VARIANTS = ["A GET", "A_r GET", "B GET", "B_r GET", "B_h GET", "C GET",
             "A POST", "A_r POST", "B POST", "B_r POST", "C POST", "D POST keyed", "D POST replay",
             "U slow GET", "B_r slow GET", "C slow GET", "B_r slow POST", "D slow POST keyed",
             "D slow POST replay"]
