@@ -69,6 +69,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "envoy"))
+from harness.process import terminate  # noqa: E402
 from harness.upstream import ChaosUpstream  # noqa: E402
 
 WASM = Path(os.environ.get("RESETGUARD_WASM", ROOT / "target/wasm32-wasip1/release/resetguard.wasm"))
@@ -351,11 +352,7 @@ class Envoy:
         return out
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        terminate(self.proc)
         self.log.close()
         return self.proc.returncode in (0, -signal.SIGTERM)
 
@@ -542,12 +539,7 @@ class SlowBackend:
         return self.proc.pid
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        terminate(self.proc)
         self.log.close()
 
 

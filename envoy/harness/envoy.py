@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import json
 import re
-import signal
 import string
 import subprocess
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from . import paths
+from .process import terminate
 
 _RUNNING: set = set()
 _RUNNING_LOCK = threading.Lock()
@@ -227,16 +227,8 @@ class Envoy:
         raise EnvoyError(f"no listener in /listeners: {body}")
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
+        if self.proc is not None:
+            terminate(self.proc)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

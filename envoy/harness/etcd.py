@@ -38,6 +38,7 @@ from typing import Optional
 
 from . import envoy as _envoy
 from . import paths
+from .process import terminate
 
 _PR_SET_PDEATHSIG = 1
 
@@ -242,13 +243,8 @@ class Member:
             self.proc.wait(timeout=10)
 
     def terminate(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            terminate(self.proc)
 
     def close_log(self) -> None:
         if self._log_file is not None:

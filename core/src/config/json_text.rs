@@ -27,15 +27,7 @@ pub fn parse_strict(raw: &[u8]) -> Result<Value, ConfigError> {
 /// etcd's answers): `None` for anything that is not JSON. One deserializer for every JSON the
 /// filter reads keeps one copy of its code in the .wasm.
 pub fn parse_value(raw: &[u8]) -> Option<Value> {
-    let duplicate = RefCell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(raw);
-    let value = Strict {
-        path: Path::Root,
-        duplicate: &duplicate,
-    }
-    .deserialize(&mut de)
-    .ok()?;
-    de.end().ok().map(|()| value)
+    parse_strict(raw).ok()
 }
 
 /// Where a value sits, borrowed from its parents' frames: rendered only when a duplicate is
